@@ -1,0 +1,1 @@
+"""Meadow adapter for airflow: filled by its own issue."""

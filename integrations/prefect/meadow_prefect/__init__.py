@@ -1,0 +1,1 @@
+"""Meadow adapter for prefect: filled by its own issue."""

@@ -1,0 +1,91 @@
+"""Meadow: run functions, commands and maps on machines Meadow provisions itself.
+
+The public API follows Meadowrun's: ``run_function``, ``run_command``, ``run_map`` and
+``run_map_as_completed`` are coroutines; each has a ``*_sync`` twin for plain code.
+``LocalHost`` (this machine) is the default host.
+"""
+
+from meadow_core.api import (
+    JobHandle,
+    cancel_job,
+    cancel_job_sync,
+    default_host,
+    deterministic_job_id,
+    get_job,
+    get_job_sync,
+    list_jobs,
+    list_jobs_sync,
+    read_task_log,
+    read_task_log_sync,
+    run_command,
+    run_command_sync,
+    run_function,
+    run_function_sync,
+    run_map,
+    run_map_as_completed,
+    run_map_as_completed_sync,
+    run_map_sync,
+    wait_for_job,
+    wait_for_job_sync,
+)
+from meadow_core.deployment import Deployment
+from meadow_core.errors import (
+    AgentUnavailableError,
+    InvalidRequestError,
+    JobCancelledError,
+    JobNotFoundError,
+    MeadowError,
+    SerializationError,
+    UnsatisfiableResourcesError,
+)
+from meadow_core.hosts import Host, LocalHost
+from meadow_core.protocol import JobRecord
+from meadow_core.resources import Resources
+from meadow_core.results import (
+    JobCompletion,
+    RunMapTasksFailedException,
+    TaskException,
+    TaskResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentUnavailableError",
+    "Deployment",
+    "Host",
+    "InvalidRequestError",
+    "JobCancelledError",
+    "JobCompletion",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobRecord",
+    "LocalHost",
+    "MeadowError",
+    "Resources",
+    "RunMapTasksFailedException",
+    "SerializationError",
+    "TaskException",
+    "TaskResult",
+    "UnsatisfiableResourcesError",
+    "cancel_job",
+    "cancel_job_sync",
+    "default_host",
+    "deterministic_job_id",
+    "get_job",
+    "get_job_sync",
+    "list_jobs",
+    "list_jobs_sync",
+    "read_task_log",
+    "read_task_log_sync",
+    "run_command",
+    "run_command_sync",
+    "run_function",
+    "run_function_sync",
+    "run_map",
+    "run_map_as_completed",
+    "run_map_as_completed_sync",
+    "run_map_sync",
+    "wait_for_job",
+    "wait_for_job_sync",
+]

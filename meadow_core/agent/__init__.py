@@ -1,0 +1,1 @@
+"""The agent (one per machine) and its workers (warm Python processes)."""

@@ -1,0 +1,722 @@
+"""The agent: one per machine, it pulls tasks from the place's queue and runs them.
+
+It claims tasks while their resources fit the machine, runs functions in warm workers
+and commands in their own process groups, enforces memory limits and timeouts, stores
+each outcome and acknowledges the task in one transaction, retries what may be retried,
+and streams logs and results to callers that watch a job. It exits after
+``idle_timeout`` seconds without work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+from meadow_core import protocol
+from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
+from meadow_core.agent.processes import (
+    OutputPump,
+    Worker,
+    describe_exit,
+    kill_process_group,
+    memory_gb_of,
+    start_command,
+)
+from meadow_core.place import LocalPlace
+from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import Resources
+
+log = logging.getLogger("meadow.agent")
+
+#: Tasks claimed from the queue ahead of need, per job, so dispatch rarely waits on SQLite.
+CLAIM_BATCH = 64
+#: Log text kept per task attempt; beyond it the log is truncated with a note.
+MAX_LOG_BYTES = 16 * 2**20
+#: How often memory use, timeouts and missed doorbells are checked.
+WATCH_INTERVAL = 0.05
+#: An idle worker is stopped after this long, so memory goes back to the machine.
+WORKER_IDLE_SECONDS = 60.0
+#: Fraction of the requested memory above which a failed task counts as memory-bound.
+MEMORY_BOUND_FRACTION = 0.95
+
+
+@dataclasses.dataclass
+class _Running:
+    """One task attempt in progress."""
+
+    spec: JobSpec
+    message: TaskMessage
+    token: str
+    cpu: float
+    memory_gb: float | None
+    started: float = dataclasses.field(default_factory=time.time)
+    lines: list[str] = dataclasses.field(default_factory=list)
+    log_bytes: int = 0
+    peak_memory_gb: float = 0.0
+    kill_reason: tuple[str, str, str] | None = None  # (outcome, type, message)
+    pid: int | None = None
+    kill: Any = None  # callable that kills the process running this task
+
+    @property
+    def deadline(self) -> float | None:
+        if self.spec.timeout_seconds is None:
+            return None
+        return self.started + self.spec.timeout_seconds
+
+
+class _Client:
+    """A connected caller: which jobs it watches and whether it wants their logs."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.watching: dict[str, bool] = {}
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(protocol.frame(message))
+
+
+class Agent:
+    def __init__(
+        self,
+        place: LocalPlace,
+        idle_timeout: float,
+        capacity: Capacity,
+    ) -> None:
+        self.place = place
+        self.queue = place.queue
+        self.store = place.store
+        self.idle_timeout = idle_timeout
+        self.capacity = capacity
+        self.reserved = Reservations(capacity)
+        self.clients: set[_Client] = set()
+        self.specs: dict[str, JobSpec] = {}
+        self.buffers: OrderedDict[str, deque[TaskMessage]] = OrderedDict()
+        self.more_queued: dict[str, bool] = {}
+        self.running: dict[tuple[str, int], _Running] = {}
+        self.running_per_job: dict[str, int] = {}
+        self.idle_workers: dict[str, list[Worker]] = {}
+        self.all_workers: set[Worker] = set()
+        self.blob_cache: OrderedDict[str, bytes] = OrderedDict()
+        self.pending_outcomes: list[TaskOutcome] = []
+        self.pending_retries: list[TaskMessage] = []
+        self.flush_scheduled = False
+        self.rescan_needed = True
+        self.last_activity = time.monotonic()
+        self.tokens = itertools.count(1)
+        self.stopping = asyncio.Event()
+        self.background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        recovered = self.queue.reset_claims()
+        if recovered:
+            log.info("returned %d tasks claimed by a previous agent to the queue", recovered)
+        server = await asyncio.start_unix_server(
+            self._handle_client, path=self.place.socket_address, limit=2**26
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        log.info(
+            "agent %d serving %s with %s, idle timeout %ss",
+            os.getpid(),
+            self.place.home,
+            self.capacity.describe(),
+            self.idle_timeout,
+        )
+        watcher = asyncio.ensure_future(self._watch_loop())
+        try:
+            self._schedule()
+            await self.stopping.wait()
+        finally:
+            watcher.cancel()
+            server.close()
+            await self._shutdown()
+            log.info("agent %d stopped", os.getpid())
+
+    async def _shutdown(self) -> None:
+        """Stop workers and commands, hand unstarted tasks back, flush what finished."""
+        for buffer in self.buffers.values():
+            if buffer:
+                self.queue.unclaim(list(buffer))
+        self.buffers.clear()
+        for running in list(self.running.values()):
+            running.kill_reason = (
+                protocol.CRASHED,
+                "meadow.AgentStopped",
+                "the Meadow agent stopped while the task ran",
+            )
+            if running.kill:
+                running.kill()
+        if self.background:
+            await asyncio.wait(self.background, timeout=5)
+        self._flush()
+        await asyncio.gather(*(w.stop(grace=1) for w in list(self.all_workers)))
+        for client in list(self.clients):
+            client.writer.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent task failed", exc_info=task.exception())
+
+    # -- callers -------------------------------------------------------------------
+
+    async def _handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        client = _Client(writer)
+        self.clients.add(client)
+        try:
+            while True:
+                header = await reader.readexactly(protocol.frame_header_size())
+                body = await reader.readexactly(protocol.frame_length(header))
+                self._on_client_message(client, protocol.unpack(body))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        except protocol.ProtocolError as exc:
+            client.send({"op": "error", "message": str(exc)})
+        finally:
+            self.clients.discard(client)
+            writer.close()
+
+    def _on_client_message(self, client: _Client, message: dict[str, Any]) -> None:
+        self.last_activity = time.monotonic()
+        op = message.get("op")
+        if op == "submitted":
+            self.rescan_needed = True
+            self._schedule()
+        elif op == "watch":
+            self._watch(client, message["job_id"], bool(message.get("logs", True)))
+        elif op == "unwatch":
+            client.watching.pop(message["job_id"], None)
+        elif op == "cancel":
+            self._cancel_job(message["job_id"])
+        elif op == "status":
+            client.send({"op": "status", "ref": message.get("ref"), **self._status()})
+        elif op == "shutdown":
+            self.stopping.set()
+        else:
+            client.send({"op": "error", "message": f"unknown op {op!r}"})
+
+    def _watch(self, client: _Client, job_id: str, logs: bool) -> None:
+        """Register a watcher, then replay what is already stored (no gap, no race)."""
+        client.watching[job_id] = logs
+        for outcome in self.queue.results(job_id, final_only=True):
+            client.send({"op": "result", **outcome.to_wire()})
+        record = self.queue.get_job(job_id)
+        if record is None:
+            client.send({"op": "job_unknown", "job_id": job_id})
+        elif record.state in protocol.TERMINAL_JOB_STATES:
+            client.send({"op": "job_done", "job_id": job_id, "state": record.state})
+
+    def _notify(self, job_id: str, message: dict[str, Any], logs: bool = False) -> None:
+        for client in list(self.clients):
+            wants_logs = client.watching.get(job_id)
+            if wants_logs is None or (logs and not wants_logs):
+                continue
+            try:
+                client.send(message)
+            except (ConnectionError, RuntimeError):
+                self.clients.discard(client)
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "home": str(self.place.home),
+            "capacity": dataclasses.asdict(self.capacity) | {"flags": []},
+            "reserved_cpu": self.reserved.cpu,
+            "reserved_memory_gb": self.reserved.memory_gb,
+            "running": [
+                {"job_id": r.message.job_id, "task_id": r.message.task_id, "pid": r.pid}
+                for r in self.running.values()
+            ],
+            "workers": [w.pid for w in self.all_workers],
+            "idle_timeout": self.idle_timeout,
+        }
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _spec(self, job_id: str) -> JobSpec | None:
+        spec = self.specs.get(job_id)
+        if spec is None:
+            spec = self.queue.get_spec(job_id)
+            if spec is not None:
+                self.specs[job_id] = spec
+        return spec
+
+    def _task_needs(self, spec: JobSpec, message: TaskMessage) -> tuple[float, float | None]:
+        resources = spec.resources
+        cpu = float(resources.get("logical_cpu") or DEFAULT_TASK_CPU)
+        memory = message.memory_gb if message.memory_gb is not None else resources.get("memory_gb")
+        return cpu, (float(memory) if memory is not None else None)
+
+    def _schedule(self) -> None:
+        """Start every queued task whose resources fit, oldest job first."""
+        if self.stopping.is_set():
+            return
+        if self.rescan_needed:
+            self.rescan_needed = False
+            for job_id in self.queue.cancel_requested_jobs():
+                self._cancel_job(job_id)
+            for job_id in self.queue.jobs_with_queued_tasks():
+                self.more_queued[job_id] = True
+                self.buffers.setdefault(job_id, deque())
+        for job_id in list(self.buffers):
+            spec = self._spec(job_id)
+            buffer = self.buffers[job_id]
+            if spec is None:
+                log.error("job %s has tasks but no spec; dropping them", job_id)
+                del self.buffers[job_id]
+                continue
+            limit = spec.num_concurrent_tasks or spec.num_tasks
+            while self.running_per_job.get(job_id, 0) < limit:
+                if not buffer:
+                    if not self.more_queued.get(job_id):
+                        break
+                    want = min(CLAIM_BATCH, max(1, 2 * limit))
+                    claimed = self.queue.claim(job_id, want)
+                    if len(claimed) < want:
+                        self.more_queued[job_id] = False
+                    if not claimed:
+                        break
+                    buffer.extend(claimed)
+                message = buffer[0]
+                cpu, memory = self._task_needs(spec, message)
+                if cpu > self.capacity.logical_cpu or (memory or 0) > self.capacity.memory_gb:
+                    buffer.popleft()
+                    self._finish_unstartable(spec, message, cpu, memory)
+                    continue
+                if not self.reserved.fits(cpu, memory or 0.0):
+                    break
+                buffer.popleft()
+                self._start(spec, message, cpu, memory)
+            if (
+                not buffer
+                and not self.more_queued.get(job_id)
+                and not self.running_per_job.get(job_id)
+            ):
+                del self.buffers[job_id]
+
+    def _finish_unstartable(
+        self, spec: JobSpec, message: TaskMessage, cpu: float, memory: float | None
+    ) -> None:
+        asked = Resources(logical_cpu=cpu, memory_gb=memory)
+        self._record(
+            spec,
+            message,
+            TaskOutcome(
+                job_id=message.job_id,
+                task_id=message.task_id,
+                attempt=message.attempt,
+                outcome=protocol.FAILED,
+                final=True,
+                error=[
+                    "meadow.UnsatisfiableResources",
+                    f"attempt {message.attempt} needs {asked.logical_cpu:g} CPUs and "
+                    f"{asked.memory_gb or 0:g} GB but this machine has "
+                    f"{self.capacity.describe()}",
+                    "",
+                ],
+            ),
+            allow_retry=False,
+        )
+
+    def _start(self, spec: JobSpec, message: TaskMessage, cpu: float, memory: float | None) -> None:
+        self.reserved.take(cpu, memory or 0.0)
+        self.running_per_job[spec.job_id] = self.running_per_job.get(spec.job_id, 0) + 1
+        running = _Running(spec, message, str(next(self.tokens)), cpu, memory)
+        self.running[(message.job_id, message.task_id)] = running
+        self.last_activity = time.monotonic()
+        if spec.kind == "command":
+            self._spawn(self._run_command(running))
+        else:
+            self._spawn(self._run_function(running))
+
+    # -- running tasks -------------------------------------------------------------
+
+    def _collect_lines(self, running: _Running, lines: list[str]) -> None:
+        if running.log_bytes < MAX_LOG_BYTES:
+            for line in lines:
+                running.log_bytes += len(line) + 1
+                running.lines.append(line)
+                if running.log_bytes >= MAX_LOG_BYTES:
+                    running.lines.append(f"[meadow: log truncated at {MAX_LOG_BYTES} bytes]")
+                    break
+        message = running.message
+        self._notify(
+            message.job_id,
+            {
+                "op": "log",
+                "job_id": message.job_id,
+                "task_id": message.task_id,
+                "attempt": message.attempt,
+                "lines": lines,
+            },
+            logs=True,
+        )
+
+    async def _acquire_worker(self, environment: Environment) -> Worker:
+        pool = self.idle_workers.get(environment.key, [])
+        while pool:
+            worker = pool.pop()
+            if worker.alive:
+                return worker
+            self.all_workers.discard(worker)
+        self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
+        worker = await Worker.start(environment, str(self.place.scratch_dir))
+        self.all_workers.add(worker)
+        return worker
+
+    def _release_worker(self, worker: Worker) -> None:
+        worker.pump.sink = None
+        worker.busy = False
+        if worker.alive and not self.stopping.is_set():
+            worker.idle_since = time.monotonic()
+            self.idle_workers.setdefault(worker.environment.key, []).append(worker)
+        else:
+            self.all_workers.discard(worker)
+            self._spawn(worker.stop(grace=0))
+
+    def _blob(self, key: str) -> bytes:
+        data = self.blob_cache.get(key)
+        if data is None:
+            data = self.store.get(key)
+            self.blob_cache[key] = data
+            while (
+                sum(len(v) for v in self.blob_cache.values()) > 256 * 2**20
+                and len(self.blob_cache) > 1
+            ):
+                self.blob_cache.popitem(last=False)
+        else:
+            self.blob_cache.move_to_end(key)
+        return data
+
+    def _task_args(self, spec: JobSpec, message: TaskMessage) -> bytes:
+        if message.args_inline is not None:
+            return message.args_inline
+        assert spec.args_key is not None and message.args_range is not None
+        offset, length = message.args_range
+        return self._blob(spec.args_key)[offset : offset + length]
+
+    async def _run_function(self, running: _Running) -> None:
+        spec, message = running.spec, running.message
+        try:
+            worker = await self._acquire_worker(spec.environment)
+        except Exception as exc:
+            self._complete(
+                running, protocol.CRASHED, error=["meadow.WorkerStartFailed", str(exc), ""]
+            )
+            return
+        worker.busy = True
+        running.pid = worker.pid
+        running.kill = lambda: worker.signal(signal.SIGKILL)
+        worker.pump.sink = lambda lines: self._collect_lines(running, lines)
+        marker = worker.expect_marker(running.token)
+        request: dict[str, Any] = {
+            "op": "run",
+            "token": running.token,
+            "kind": spec.kind,
+            "args": self._task_args(spec, message),
+            "function_key": spec.function_key,
+            "function_name": spec.function_name,
+        }
+        if spec.function_key and not worker.remember_function(spec.function_key):
+            request["function_bytes"] = self._blob(spec.function_key)
+        if running.kill_reason is not None:  # cancelled while the worker was starting
+            worker.signal(signal.SIGKILL)
+        try:
+            worker.send(request)
+            reply = await worker.receive()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            returncode = await worker.process.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.pump.task, timeout=2)
+            self._release_worker(worker)
+            self._complete_crash(running, describe_exit(returncode))
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(marker.wait(), timeout=5)
+        self._release_worker(worker)
+        if running.kill_reason is not None:
+            self._complete(running, running.kill_reason[0], error=[*running.kill_reason[1:], ""])
+        elif "error" in reply:
+            self._complete(running, protocol.FAILED, error=reply["error"])
+        else:
+            self._complete(running, protocol.SUCCEEDED, value=reply["value"])
+
+    async def _run_command(self, running: _Running) -> None:
+        spec = running.spec
+        assert spec.command is not None
+        self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            process = await start_command(
+                spec.command, spec.environment, str(self.place.scratch_dir)
+            )
+        except OSError as exc:
+            self._complete(
+                running,
+                protocol.FAILED,
+                error=["meadow.CommandNotStarted", f"{spec.command[0]}: {exc}", ""],
+            )
+            return
+        running.pid = process.pid
+        running.kill = lambda: kill_process_group(process)
+        if running.kill_reason is not None:
+            kill_process_group(process)
+        assert process.stdout is not None
+        pump = OutputPump(process.stdout)
+        pump.sink = lambda lines: self._collect_lines(running, lines)
+        returncode = await process.wait()
+        kill_process_group(process)  # children the command left behind
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pump.task, timeout=5)
+        if running.kill_reason is not None:
+            self._complete(
+                running,
+                running.kill_reason[0],
+                error=[*running.kill_reason[1:], ""],
+                return_code=returncode,
+            )
+        elif returncode == 0:
+            self._complete(running, protocol.SUCCEEDED, return_code=0)
+        else:
+            tail = "\n".join(running.lines[-20:])
+            self._complete(
+                running,
+                protocol.FAILED,
+                error=[
+                    "meadow.CommandFailed",
+                    f"{' '.join(spec.command)!r}: {describe_exit(returncode)}",
+                    tail,
+                ],
+                return_code=returncode,
+            )
+
+    def _complete_crash(self, running: _Running, how: str) -> None:
+        if running.kill_reason is not None:
+            outcome, kind, text = running.kill_reason
+            self._complete(running, outcome, error=[kind, text, ""])
+            return
+        self._complete(
+            running,
+            protocol.CRASHED,
+            error=["meadow.WorkerCrashed", f"the worker running this task died: {how}", ""],
+        )
+
+    def _complete(
+        self,
+        running: _Running,
+        outcome: str,
+        *,
+        value: bytes | None = None,
+        error: list[str] | None = None,
+        return_code: int | None = None,
+    ) -> None:
+        message = running.message
+        key = (message.job_id, message.task_id)
+        if self.running.pop(key, None) is None:
+            return
+        self.reserved.give_back(running.cpu, running.memory_gb or 0.0)
+        self.running_per_job[message.job_id] -= 1
+        result = TaskOutcome(
+            job_id=message.job_id,
+            task_id=message.task_id,
+            attempt=message.attempt,
+            outcome=outcome,
+            final=True,
+            error=error,
+            return_code=return_code,
+            max_memory_gb=running.peak_memory_gb or None,
+            started=running.started,
+        )
+        if value is not None:
+            if len(value) > protocol.INLINE_LIMIT:
+                result.value_key = f"results/{message.job_id}/{message.task_id}.{message.attempt}"
+                self.store.put(result.value_key, value)
+            else:
+                result.value = value
+        if running.lines:
+            result.log_key = f"logs/{message.job_id}/{message.task_id}.{message.attempt}.log"
+            self.store.put(result.log_key, ("\n".join(running.lines) + "\n").encode())
+        self._record(running.spec, message, result, allow_retry=True, running=running)
+
+    def _record(
+        self,
+        spec: JobSpec,
+        message: TaskMessage,
+        result: TaskOutcome,
+        allow_retry: bool,
+        running: _Running | None = None,
+    ) -> None:
+        """Queue an outcome for storing; decide whether the task gets another attempt."""
+        retryable = result.outcome in (protocol.FAILED, protocol.CRASHED, protocol.TIMEOUT)
+        if allow_retry and retryable and message.attempt < spec.max_attempts:
+            result.final = False
+            memory = message.memory_gb
+            base_memory = spec.resources.get("memory_gb")
+            if spec.retry_with_more_memory and base_memory and running is not None:
+                limit = running.memory_gb or base_memory
+                memory_bound = (
+                    result.error is not None and result.error[0] == "meadow.MemoryLimitExceeded"
+                ) or running.peak_memory_gb >= MEMORY_BOUND_FRACTION * limit
+                if memory_bound:
+                    memory = float(base_memory) * (message.attempt + 1)
+            retry = dataclasses.replace(message, attempt=message.attempt + 1, memory_gb=memory)
+            self.pending_retries.append(retry)
+            self.more_queued[spec.job_id] = True
+            self.buffers.setdefault(spec.job_id, deque())
+        self.pending_outcomes.append(result)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_and_schedule)
+
+    def _flush_and_schedule(self) -> None:
+        self._flush()
+        self._schedule()
+
+    def _flush(self) -> None:
+        """Store outcomes and acknowledge tasks in one transaction, then tell watchers."""
+        self.flush_scheduled = False
+        outcomes, retries = self.pending_outcomes, self.pending_retries
+        if not outcomes and not retries:
+            return
+        self.pending_outcomes, self.pending_retries = [], []
+        finished = self.queue.complete(outcomes, retries)
+        for outcome in outcomes:
+            self._notify(outcome.job_id, {"op": "result", **outcome.to_wire()})
+        for job_id in finished:
+            record = self.queue.get_job(job_id)
+            state = record.state if record else protocol.JOB_FAILED
+            self._notify(job_id, {"op": "job_done", "job_id": job_id, "state": state})
+            self.specs.pop(job_id, None)
+            self.running_per_job.pop(job_id, None)
+        self.last_activity = time.monotonic()
+
+    # -- cancellation, limits, idleness ---------------------------------------------
+
+    def _cancel_job(self, job_id: str) -> None:
+        spec = self._spec(job_id)
+        if spec is None:
+            return
+        self.queue.request_cancel(job_id)
+        queued = list(self.buffers.pop(job_id, deque()))
+        self.more_queued[job_id] = False
+        queued += self.queue.unclaimed_tasks(job_id)
+        for message in queued:
+            self._record(
+                spec,
+                message,
+                TaskOutcome(
+                    job_id=job_id,
+                    task_id=message.task_id,
+                    attempt=message.attempt,
+                    outcome=protocol.CANCELLED,
+                    final=True,
+                    error=[
+                        "meadow.TaskCancelled",
+                        "the job was cancelled before this task ran",
+                        "",
+                    ],
+                ),
+                allow_retry=False,
+            )
+        for running in list(self.running.values()):
+            if running.message.job_id == job_id:
+                running.kill_reason = (
+                    protocol.CANCELLED,
+                    "meadow.TaskCancelled",
+                    "the job was cancelled while this task ran",
+                )
+                if running.kill:
+                    running.kill()
+        # Retries decided before the cancel must not come back.
+        self.pending_retries = [r for r in self.pending_retries if r.job_id != job_id]
+        for outcome in self.pending_outcomes:
+            if outcome.job_id == job_id and not outcome.final:
+                outcome.final = True
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_and_schedule)
+
+    def _check_limits(self) -> None:
+        now = time.time()
+        for running in list(self.running.values()):
+            if running.pid is None or running.kill_reason is not None:
+                continue
+            used = memory_gb_of(running.pid)
+            running.peak_memory_gb = max(running.peak_memory_gb, used)
+            if running.memory_gb is not None and used > running.memory_gb:
+                running.kill_reason = (
+                    protocol.CRASHED,
+                    "meadow.MemoryLimitExceeded",
+                    f"the task used {used:.2f} GB, more than the {running.memory_gb:g} GB it "
+                    "asked for; raise Resources.memory_gb or pass retry_with_more_memory=True",
+                )
+            deadline = running.deadline
+            if deadline is not None and now > deadline:
+                running.kill_reason = (
+                    protocol.TIMEOUT,
+                    "meadow.TaskTimeout",
+                    f"the task ran longer than its timeout of {running.spec.timeout_seconds:g}s",
+                )
+            if running.kill_reason is not None and running.kill:
+                log.info(
+                    "killing task %s/%s: %s",
+                    running.message.job_id,
+                    running.message.task_id,
+                    running.kill_reason[2],
+                )
+                running.kill()
+
+    def _retire_idle_workers(self) -> None:
+        now = time.monotonic()
+        for pool in self.idle_workers.values():
+            for worker in list(pool):
+                if not worker.alive or now - worker.idle_since > WORKER_IDLE_SECONDS:
+                    pool.remove(worker)
+                    self.all_workers.discard(worker)
+                    self._spawn(worker.stop(grace=1))
+
+    async def _watch_loop(self) -> None:
+        ticks = 0
+        while not self.stopping.is_set():
+            await asyncio.sleep(WATCH_INTERVAL)
+            ticks += 1
+            try:
+                self._check_limits()
+                if ticks % 20 == 0:  # once a second: catch doorbells nobody rang
+                    self.rescan_needed = True
+                    self._schedule()
+                    self._retire_idle_workers()
+                    self._maybe_exit_idle()
+            except Exception:
+                log.exception("agent watch loop failed; continuing")
+
+    def _maybe_exit_idle(self) -> None:
+        if self.running or any(self.buffers.values()) or self.pending_outcomes:
+            self.last_activity = time.monotonic()
+            return
+        if time.monotonic() - self.last_activity < self.idle_timeout:
+            return
+        if self.queue.has_work():
+            self.last_activity = time.monotonic()
+            self.rescan_needed = True
+            return
+        log.info("idle for %ss; exiting", self.idle_timeout)
+        self.stopping.set()

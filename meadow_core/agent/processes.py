@@ -1,0 +1,254 @@
+"""Processes the agent runs tasks in: warm Python workers and plain commands.
+
+Both kinds stream their combined stdout/stderr to the agent, which attributes each
+line to the task running in that process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from meadow_core import protocol
+from meadow_core.agent.worker import END_MARKER
+from meadow_core.protocol import Environment
+
+#: How many pickled functions a worker keeps; the agent mirrors this to know when to resend.
+FUNCTION_CACHE_SIZE = 32
+_READ_CHUNK = 64 * 1024
+
+LineSink = Callable[[list[str]], None]
+
+
+def process_environment(environment: Environment) -> dict[str, str]:
+    """The OS environment a task process gets: the agent's plus the job's own."""
+    env = dict(os.environ)
+    env.update(environment.environment_variables)
+    env["PYTHONPATH"] = os.pathsep.join(environment.sys_path)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def memory_gb_of(pid: int) -> float:
+    """Resident memory of a process and all its children, in GB."""
+    try:
+        process = psutil.Process(pid)
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total / 2**30
+    except psutil.Error:
+        return 0.0
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "the process is still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the process was killed by {name}"
+    return f"the process exited with code {returncode}"
+
+
+class OutputPump:
+    """Reads a process's output pipe, splits it into lines and hands them to a sink.
+
+    A worker writes ``END_MARKER token`` after each task's output; the pump then fires
+    ``on_marker(token)`` so the agent knows that task's log is complete.
+    """
+
+    def __init__(
+        self,
+        stream: asyncio.StreamReader,
+        on_marker: Callable[[str], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.sink: LineSink | None = None
+        self.on_marker = on_marker
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        pending = b""
+        while True:
+            chunk = await self.stream.read(_READ_CHUNK)
+            if not chunk:
+                if pending:
+                    self._deliver([pending])
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > _READ_CHUNK:  # a huge line without newline: flush it anyway
+                lines.append(pending)
+                pending = b""
+            if lines:
+                self._deliver(lines)
+
+    def _deliver(self, raw_lines: list[bytes]) -> None:
+        batch: list[str] = []
+        for raw in raw_lines:
+            index = raw.find(END_MARKER)
+            if index < 0:
+                batch.append(raw.decode("utf-8", "replace"))
+                continue
+            if index:
+                batch.append(raw[:index].decode("utf-8", "replace"))
+            if batch and self.sink:
+                self.sink(batch)
+            batch = []
+            if self.on_marker:
+                self.on_marker(raw[index + len(END_MARKER) :].decode().strip())
+        if batch and self.sink:
+            self.sink(batch)
+
+
+class Worker:
+    """A warm Python process that runs one task at a time for one environment."""
+
+    def __init__(
+        self,
+        environment: Environment,
+        process: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.environment = environment
+        self.process = process
+        self.reader = reader
+        self.writer = writer
+        self.functions: OrderedDict[str, None] = OrderedDict()
+        self.idle_since = time.monotonic()
+        self.busy = False
+        self._markers: dict[str, asyncio.Event] = {}
+        assert process.stdout is not None
+        self.pump = OutputPump(process.stdout, self._marker_seen)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @classmethod
+    async def start(cls, environment: Environment, scratch: str) -> Worker:
+        agent_end, worker_end = socket.socketpair()
+        try:
+            cwd = environment.working_directory
+            if not os.path.isdir(cwd):
+                cwd = scratch
+            process = await asyncio.create_subprocess_exec(
+                environment.interpreter,
+                "-m",
+                "meadow_core.agent.worker",
+                str(worker_end.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=(worker_end.fileno(),),
+                cwd=cwd,
+                env=process_environment(environment),
+            )
+        finally:
+            worker_end.close()
+        reader, writer = await asyncio.open_unix_connection(sock=agent_end, limit=2**26)
+        worker = cls(environment, process, reader, writer)
+        try:
+            hello = await asyncio.wait_for(worker.receive(), timeout=60)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            await worker.kill()
+            raise RuntimeError(
+                f"a worker with interpreter {environment.interpreter} did not start "
+                f"({describe_exit(process.returncode)}); is meadow installed in it?"
+            ) from exc
+        if hello.get("op") != "ready":
+            await worker.kill()
+            raise RuntimeError(f"unexpected first message from worker: {hello!r}")
+        return worker
+
+    def _marker_seen(self, token: str) -> None:
+        event = self._markers.get(token)
+        if event is not None:
+            event.set()
+
+    def expect_marker(self, token: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._markers = {token: event}
+        return event
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(protocol.frame(message))
+
+    async def receive(self) -> dict[str, Any]:
+        header = await self.reader.readexactly(protocol.frame_header_size())
+        body = await self.reader.readexactly(protocol.frame_length(header))
+        return protocol.unpack(body)
+
+    def remember_function(self, key: str) -> bool:
+        """Record that the worker now holds ``key``; True if it already did."""
+        known = key in self.functions
+        self.functions[key] = None
+        self.functions.move_to_end(key)
+        while len(self.functions) > FUNCTION_CACHE_SIZE:
+            self.functions.popitem(last=False)
+        return known
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
+
+    async def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        await self.process.wait()
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pump.task, timeout=2)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``grace`` seconds."""
+        if self.alive:
+            with contextlib.suppress(Exception):
+                self.send({"op": "exit"})
+                await self.writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), timeout=grace)
+        await self.kill()
+
+
+async def start_command(
+    command: list[str], environment: Environment, scratch: str
+) -> asyncio.subprocess.Process:
+    """Start a command in its own process group so it and its children can be killed."""
+    cwd = environment.working_directory
+    if not os.path.isdir(cwd):
+        cwd = scratch
+    env = process_environment(environment)
+    # A command runs with the job's interpreter first on PATH, like an activated venv.
+    env["PATH"] = os.path.dirname(environment.interpreter) + os.pathsep + env.get("PATH", "")
+    return await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def kill_process_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)

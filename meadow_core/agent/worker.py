@@ -1,0 +1,153 @@
+"""A warm worker process: runs tasks one at a time and keeps its imports between them.
+
+Started by the agent as ``python -m meadow_core.agent.worker FD``. FD is a socket to the
+agent carrying framed protocol messages; stdout and stderr are a pipe the agent reads
+as the running task's log. After each task the worker flushes both streams and writes
+an end marker line, so the agent knows the task's output is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+import pickle
+import signal
+import socket
+import sys
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from meadow_core import protocol
+
+END_MARKER = b"\x1eMEADOW-END "
+_FUNCTION_CACHE_SIZE = 32
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the agent dies, so no worker outlives it."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:
+            os._exit(1)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any]:
+    header = _recv_exact(sock, protocol.frame_header_size())
+    return protocol.unpack(_recv_exact(sock, protocol.frame_length(header)))
+
+
+def describe_exception(exc: BaseException) -> list[str]:
+    """``[type, message, traceback]`` of an exception, as the protocol carries it."""
+    exc_type = type(exc)
+    name = exc_type.__qualname__
+    if exc_type.__module__ not in ("builtins", "__main__"):
+        name = f"{exc_type.__module__}.{name}"
+    return [name, str(exc), "".join(traceback.format_exception(exc))]
+
+
+class _Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(protocol.frame(message))
+
+    def load_function(self, message: dict[str, Any]) -> Callable[..., Any]:
+        key = message.get("function_key")
+        if key is None:
+            module_name, _, attr = message["function_name"].rpartition(".")
+            if not module_name:
+                raise ValueError(
+                    f"function name {message['function_name']!r} must be 'module.function'"
+                )
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split(":"):
+                target = getattr(target, part)
+            return target  # type: ignore[no-any-return]
+        if key in self.functions:
+            self.functions.move_to_end(key)
+            return self.functions[key]
+        blob = message.get("function_bytes")
+        if blob is None:
+            # The agent believed we had it cached; ask for it (cache was trimmed).
+            raise LookupError(f"function {key} not cached")
+        function = cloudpickle.loads(blob)
+        self.functions[key] = function
+        while len(self.functions) > _FUNCTION_CACHE_SIZE:
+            self.functions.popitem(last=False)
+        return function  # type: ignore[no-any-return]
+
+    def run(self, message: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any] = {"op": "done", "token": message["token"]}
+        try:
+            function = self.load_function(message)
+            payload = pickle.loads(message["args"])
+            if message["kind"] == "map":
+                value = function(payload)
+            else:
+                args, kwargs = payload
+                value = function(*args, **kwargs)
+        except BaseException as exc:  # the user's code may raise anything, even SystemExit
+            reply["error"] = describe_exception(exc)
+            return reply
+        try:
+            reply["value"] = cloudpickle.dumps(value)
+        except BaseException as exc:
+            name, message_text, tb = describe_exception(exc)
+            reply["error"] = [
+                "meadow.ResultNotPicklable",
+                f"the task's return value of type {type(value).__qualname__} could not be "
+                f"pickled ({name}: {message_text}); return plain data instead",
+                tb,
+            ]
+        return reply
+
+    def serve(self) -> None:
+        self.send({"op": "ready", "pid": os.getpid()})
+        while True:
+            try:
+                message = _recv(self.sock)
+            except EOFError:
+                return
+            if message["op"] == "exit":
+                return
+            reply = self.run(message)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # The end marker goes through the same pipe as the task's output, after it.
+            os.write(1, END_MARKER + str(message["token"]).encode() + b"\n")
+            self.send(reply)
+
+
+def main() -> None:
+    _die_with_parent()
+    # The agent stops workers with SIGTERM; a task's own handlers may change that.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    _Worker(sock).serve()
+
+
+if __name__ == "__main__":
+    main()

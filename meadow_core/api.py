@@ -1,0 +1,653 @@
+"""The public API: run functions, commands and maps on a host, and follow jobs.
+
+Everything here is the same for every host: validation before anything is launched,
+pickling, building the job spec and its tasks, and turning stored outcomes into
+results. Each coroutine has a synchronous twin (``*_sync``) that works from plain code
+and from a thread while another event loop runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import pickle
+import re
+import shlex
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import cloudpickle
+
+from meadow_core import protocol
+from meadow_core._portal import portal
+from meadow_core.deployment import Deployment
+from meadow_core.errors import InvalidRequestError, JobNotFoundError, SerializationError
+from meadow_core.hosts.base import Host
+from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import Resources
+from meadow_core.results import (
+    JobCompletion,
+    RunMapTasksFailedException,
+    TaskException,
+    TaskResult,
+)
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_default_host: Host | None = None
+
+
+def default_host() -> Host:
+    """The embedded default: ``LocalHost()`` on ``$MEADOW_HOME``, shared by every call."""
+    global _default_host
+    if _default_host is None:
+        from meadow_core.hosts.local import LocalHost
+
+        _default_host = LocalHost()
+    return _default_host
+
+
+def deterministic_job_id(*parts: object) -> str:
+    """A job id derived from e.g. (pipeline run id, step key, attempt).
+
+    An orchestrator that restarts or retries computes the same id and finds the job it
+    launched instead of launching a second one.
+    """
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return f"job-{digest[:32]}"
+
+
+# -- validation and preparation ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Prepared:
+    host: Host
+    resources: Resources
+    deployment: Deployment
+
+
+async def _prepare(
+    host: Host | None,
+    resources: Resources | None,
+    deployment: Deployment | Awaitable[Deployment] | None,
+    sidecar_containers: object,
+    ports: object,
+) -> _Prepared:
+    """Check everything that can be checked before a machine is touched."""
+    host = default_host() if host is None else host
+    if not isinstance(host, Host):
+        raise InvalidRequestError(
+            f"host must be a meadow_core Host such as LocalHost(), got {type(host).__name__}"
+        )
+    if resources is None:
+        resources = host.default_resources()
+    elif not isinstance(resources, Resources):
+        raise InvalidRequestError(
+            f"resources must be meadow_core.Resources, got {type(resources).__name__}"
+        )
+    host.check_resources(resources)
+    if deployment is None:
+        deployment = Deployment()
+    elif inspect.isawaitable(deployment):
+        deployment = await deployment
+    if not isinstance(deployment, Deployment):
+        raise InvalidRequestError(
+            f"deployment must be a meadow_core.Deployment, got {type(deployment).__name__}"
+        )
+    if sidecar_containers:
+        raise NotImplementedError("sidecar_containers are not implemented yet")
+    if ports:
+        raise NotImplementedError("ports are not implemented yet")
+    return _Prepared(host, resources, deployment)
+
+
+def _new_job_id(job_id: str | None) -> str:
+    if job_id is None:
+        return f"job-{uuid.uuid4().hex[:20]}"
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise InvalidRequestError(
+            f"job_id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-'; "
+            "use deterministic_job_id(...) to derive one"
+        )
+    return job_id
+
+
+def _check_timeout(timeout_seconds: float | None) -> None:
+    if timeout_seconds is not None and not timeout_seconds > 0:
+        raise InvalidRequestError(f"timeout_seconds must be positive, got {timeout_seconds!r}")
+
+
+def _pickle(value: object, what: str) -> bytes:
+    try:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise SerializationError(
+            f"{what} cannot be pickled ({type(exc).__name__}: {exc}); pass plain data, or "
+            "create unpicklable objects (locks, connections, open files) inside the function"
+        ) from exc
+
+
+def _function_payload(
+    function: Callable[..., Any] | str,
+) -> tuple[str | None, str | None, dict[str, bytes], str]:
+    """(function_key, function_name, objects to upload, display name)."""
+    if isinstance(function, str):
+        if "." not in function:
+            raise InvalidRequestError(
+                f"function {function!r} must be a callable or a 'package.module.function' string"
+            )
+        return None, function, {}, function
+    if not callable(function):
+        raise InvalidRequestError(f"function must be callable, got {type(function).__name__}")
+    blob = _pickle(function, f"the function {getattr(function, '__qualname__', function)!r}")
+    key = protocol.content_key(blob, "functions")
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return key, None, {key: blob}, name
+
+
+async def _submit(
+    prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: dict[str, bytes]
+) -> JobSpec:
+    """Submit, or find the existing job with this id (reattach after a restart)."""
+    created = await prepared.host.submit(spec, tasks, objects)
+    if created:
+        return spec
+    existing = await prepared.host.get_spec(spec.job_id)
+    if existing is None:
+        raise JobNotFoundError(f"job {spec.job_id} vanished while it was being submitted")
+    same = (
+        existing.kind == spec.kind
+        and existing.num_tasks == spec.num_tasks
+        and existing.function_key == spec.function_key
+        and existing.function_name == spec.function_name
+        and existing.command == spec.command
+    )
+    if not same:
+        raise InvalidRequestError(
+            f"job id {spec.job_id} is already used by a different job ({existing.name!r}); "
+            "use a new job_id"
+        )
+    return existing
+
+
+# -- turning outcomes into results -------------------------------------------------------
+
+
+async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
+    log_location = host.object_location(outcome.log_key) if outcome.log_key else None
+    common: dict[str, Any] = {
+        "task_id": outcome.task_id,
+        "attempt": outcome.attempt,
+        "outcome": outcome.outcome,
+        "log_location": log_location,
+        "job_id": outcome.job_id,
+        "max_memory_used_gb": outcome.max_memory_gb,
+    }
+    if outcome.outcome == protocol.SUCCEEDED:
+        if outcome.return_code is not None and outcome.value is None and outcome.value_key is None:
+            return TaskResult(is_success=True, result=None, exception=None, **common)
+        data = outcome.value
+        if data is None and outcome.value_key is not None:
+            data = await host.read_object(outcome.value_key)
+        try:
+            value = pickle.loads(data) if data is not None else None
+        except Exception as exc:
+            return TaskResult(
+                is_success=False,
+                result=None,
+                exception=(
+                    "meadow.ResultNotUnpicklable",
+                    f"the task succeeded but its result could not be unpickled here "
+                    f"({type(exc).__name__}: {exc}); is its class importable in the caller?",
+                    traceback.format_exc(),
+                ),
+                **common | {"outcome": protocol.FAILED},
+            )
+        return TaskResult(is_success=True, result=value, exception=None, **common)
+    error = outcome.error or ["meadow.Unknown", "the task failed", ""]
+    return TaskResult(
+        is_success=False, result=None, exception=(error[0], error[1], error[2]), **common
+    )
+
+
+async def _outcomes(host: Host, spec: JobSpec) -> AsyncIterator[TaskOutcome]:
+    """Final outcomes of a job as they are stored; cancel the job if the caller gives up."""
+    finished = False
+    try:
+        async with host.watch(spec.job_id, spec.num_tasks, spec.kind) as job_watch:
+            async for outcome in job_watch.outcomes():
+                yield outcome
+            finished = True
+    finally:
+        if not finished:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(host.cancel(spec.job_id))
+
+
+async def _command_completion(host: Host, spec: JobSpec, check: bool) -> JobCompletion[None]:
+    async for outcome in _outcomes(host, spec):
+        log = (await host.read_object(outcome.log_key)).decode() if outcome.log_key else ""
+        completion: JobCompletion[None] = JobCompletion(
+            job_id=spec.job_id,
+            return_code=outcome.return_code if outcome.return_code is not None else -1,
+            log=log,
+            log_location=host.object_location(outcome.log_key) if outcome.log_key else None,
+            outcome=outcome.outcome,
+        )
+        if check and outcome.outcome != protocol.SUCCEEDED:
+            error = outcome.error or ["meadow.CommandFailed", "the command failed", ""]
+            exc = TaskException(
+                error[0],
+                error[1],
+                error[2] or log[-4000:],
+                attempt=outcome.attempt,
+                job_id=spec.job_id,
+            )
+            exc.completion = completion  # type: ignore[attr-defined]
+            raise exc
+        return completion
+    raise JobNotFoundError(f"job {spec.job_id} ended without a result")
+
+
+async def _function_result(host: Host, spec: JobSpec) -> Any:
+    async for outcome in _outcomes(host, spec):
+        result = await _task_result(host, outcome)
+        if not result.is_success:
+            assert result.exception is not None
+            raise TaskException(*result.exception, attempt=result.attempt, job_id=spec.job_id)
+        return result.result
+    raise JobNotFoundError(f"job {spec.job_id} ended without a result")
+
+
+async def _map_results(host: Host, spec: JobSpec) -> list[Any]:
+    values: list[Any] = [None] * spec.num_tasks
+    failed: list[TaskResult[Any]] = []
+    async for outcome in _outcomes(host, spec):
+        result = await _task_result(host, outcome)
+        if result.is_success:
+            values[result.task_id] = result.result
+        else:
+            failed.append(result)
+    if failed:
+        failed.sort(key=lambda r: r.task_id)
+        raise RunMapTasksFailedException(failed, values)
+    return values
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class JobHandle:
+    """A submitted job: wait for it, look at it or cancel it, now or from another process."""
+
+    job_id: str
+    host: Host
+    kind: str
+
+    async def wait(self) -> Any:
+        """The job's result: the function's value, the map's list, or a ``JobCompletion``."""
+        return await wait_for_job(self.job_id, self.host)
+
+    async def status(self) -> JobRecord:
+        record = await self.host.get_job(self.job_id)
+        if record is None:
+            raise JobNotFoundError(f"job {self.job_id} is not known to this host")
+        return record
+
+    async def cancel(self) -> bool:
+        return await self.host.cancel(self.job_id)
+
+    def wait_sync(self) -> Any:
+        return portal.call(self.wait())
+
+    def status_sync(self) -> JobRecord:
+        return portal.call(self.status())
+
+    def cancel_sync(self) -> bool:
+        return portal.call(self.cancel())
+
+
+async def wait_for_job(job_id: str, host: Host | None = None, check: bool = True) -> Any:
+    """Wait for a job submitted earlier (maybe by another process) and return its result."""
+    host = host or default_host()
+    spec = await host.get_spec(job_id)
+    if spec is None:
+        raise JobNotFoundError(f"job {job_id} is not known to this host")
+    if spec.kind == "command":
+        return await _command_completion(host, spec, check)
+    if spec.kind == "map":
+        return await _map_results(host, spec)
+    return await _function_result(host, spec)
+
+
+async def get_job(job_id: str, host: Host | None = None) -> JobRecord:
+    host = host or default_host()
+    record = await host.get_job(job_id)
+    if record is None:
+        raise JobNotFoundError(f"job {job_id} is not known to this host")
+    return record
+
+
+async def list_jobs(host: Host | None = None, limit: int = 50) -> list[JobRecord]:
+    return await (host or default_host()).list_jobs(limit)
+
+
+async def cancel_job(job_id: str, host: Host | None = None) -> bool:
+    """Cancel a job: queued tasks are dropped, running ones are killed."""
+    host = host or default_host()
+    if not await host.cancel(job_id):
+        raise JobNotFoundError(f"job {job_id} is not known to this host")
+    return True
+
+
+async def read_task_log(
+    job_id: str, task_id: int = 0, host: Host | None = None, attempt: int | None = None
+) -> str:
+    """The full stored log of one task (its last attempt unless ``attempt`` is given)."""
+    host = host or default_host()
+    outcomes = [
+        o
+        for o in await host.results(job_id)
+        if o.task_id == task_id and (attempt is None or o.attempt == attempt)
+    ]
+    if not outcomes:
+        if await host.get_job(job_id) is None:
+            raise JobNotFoundError(f"job {job_id} is not known to this host")
+        return ""
+    outcome = max(outcomes, key=lambda o: o.attempt)
+    return (await host.read_object(outcome.log_key)).decode() if outcome.log_key else ""
+
+
+# -- the run_* entry points ---------------------------------------------------------------
+
+
+async def run_function(
+    function: Callable[..., _T] | str,
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: bool = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> Any:
+    """Run ``function(*args, **kwargs)`` on ``host`` and return its value.
+
+    ``function`` may be a ``"package.module.function"`` string resolved on the remote
+    side. With ``wait_for_result=False`` returns a ``JobHandle`` at once. A ``job_id``
+    that exists already reattaches to that job instead of starting another.
+    """
+    prepared = await _prepare(host, resources, deployment, sidecar_containers, ports)
+    _check_timeout(timeout_seconds)
+    function_key, function_name, objects, name = _function_payload(function)
+    payload = _pickle((tuple(args or ()), dict(kwargs or {})), "the arguments")
+    spec = JobSpec(
+        job_id=_new_job_id(job_id),
+        kind="function",
+        name=name,
+        environment=prepared.host.environment(prepared.deployment.environment_variables),
+        resources=prepared.resources.to_wire(),
+        num_tasks=1,
+        function_key=function_key,
+        function_name=function_name,
+        timeout_seconds=timeout_seconds,
+        num_concurrent_tasks=1,
+    )
+    task = TaskMessage(spec.job_id, 0)
+    if len(payload) <= protocol.INLINE_LIMIT:
+        task.args_inline = payload
+    else:
+        spec.args_key = protocol.content_key(payload, "args")
+        objects[spec.args_key] = payload
+        task.args_range = (0, len(payload))
+    spec = await _submit(prepared, spec, [task], objects)
+    if not wait_for_result:
+        return JobHandle(spec.job_id, prepared.host, spec.kind)
+    return await _function_result(prepared.host, spec)
+
+
+async def run_command(
+    args: str | Sequence[str],
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    context_variables: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: bool = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+    check: bool = True,
+) -> Any:
+    """Run a command on ``host`` and return a ``JobCompletion`` (exit code and log).
+
+    With ``check`` (the default) a non-zero exit raises ``TaskException`` whose
+    ``completion`` attribute holds the ``JobCompletion``.
+    """
+    prepared = await _prepare(host, resources, deployment, sidecar_containers, ports)
+    _check_timeout(timeout_seconds)
+    if context_variables:
+        raise NotImplementedError("context_variables are not implemented yet")
+    command = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
+    if not command:
+        raise InvalidRequestError("run_command needs a non-empty command")
+    spec = JobSpec(
+        job_id=_new_job_id(job_id),
+        kind="command",
+        name=shlex.join(command)[:200],
+        environment=prepared.host.environment(prepared.deployment.environment_variables),
+        resources=prepared.resources.to_wire(),
+        num_tasks=1,
+        command=command,
+        timeout_seconds=timeout_seconds,
+        num_concurrent_tasks=1,
+    )
+    spec = await _submit(prepared, spec, [TaskMessage(spec.job_id, 0)], {})
+    if not wait_for_result:
+        return JobHandle(spec.job_id, prepared.host, spec.kind)
+    return await _command_completion(prepared.host, spec, check)
+
+
+async def _submit_map(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None,
+    resources_per_task: Resources | None,
+    deployment: Deployment | Awaitable[Deployment] | None,
+    num_concurrent_tasks: int | None,
+    sidecar_containers: object,
+    ports: object,
+    max_num_task_attempts: int,
+    retry_with_more_memory: bool,
+    job_id: str | None,
+    timeout_seconds: float | None,
+) -> tuple[Host, JobSpec]:
+    prepared = await _prepare(host, resources_per_task, deployment, sidecar_containers, ports)
+    _check_timeout(timeout_seconds)
+    if isinstance(max_num_task_attempts, bool) or not (
+        isinstance(max_num_task_attempts, int) and max_num_task_attempts >= 1
+    ):
+        raise InvalidRequestError(
+            f"max_num_task_attempts must be an integer of at least 1, got {max_num_task_attempts!r}"
+        )
+    if num_concurrent_tasks is not None and not (
+        isinstance(num_concurrent_tasks, int) and num_concurrent_tasks >= 1
+    ):
+        raise InvalidRequestError(
+            f"num_concurrent_tasks must be a positive integer, got {num_concurrent_tasks!r}"
+        )
+    if retry_with_more_memory and prepared.resources.memory_gb is None:
+        raise InvalidRequestError(
+            "retry_with_more_memory needs resources_per_task=Resources(memory_gb=...) to multiply"
+        )
+    items = list(args)
+    function_key, function_name, objects, name = _function_payload(function)
+    if function_name is not None:
+        raise InvalidRequestError("run_map needs a callable, not a 'module.function' string")
+    pieces = [_pickle(item, f"argument {index} of the map") for index, item in enumerate(items)]
+    blob = b"".join(pieces)
+    args_key = protocol.content_key(blob, "args")
+    objects[args_key] = blob
+    spec = JobSpec(
+        job_id=_new_job_id(job_id),
+        kind="map",
+        name=f"map {name} over {len(items)}",
+        environment=prepared.host.environment(prepared.deployment.environment_variables),
+        resources=prepared.resources.to_wire(),
+        num_tasks=len(items),
+        function_key=function_key,
+        args_key=args_key,
+        max_attempts=max_num_task_attempts,
+        retry_with_more_memory=retry_with_more_memory,
+        timeout_seconds=timeout_seconds,
+        num_concurrent_tasks=num_concurrent_tasks or len(items) // 2 + 1,
+    )
+    tasks = []
+    offset = 0
+    for index, piece in enumerate(pieces):
+        tasks.append(TaskMessage(spec.job_id, index, args_range=(offset, len(piece))))
+        offset += len(piece)
+    return prepared.host, await _submit(prepared, spec, tasks, objects)
+
+
+async def run_map(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None = None,
+    resources_per_task: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    num_concurrent_tasks: int | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: bool = True,
+    max_num_task_attempts: int = 1,
+    retry_with_more_memory: bool = False,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> Any:
+    """``[function(a) for a in args]``, run in parallel on ``host``; results in input order.
+
+    ``num_concurrent_tasks`` defaults to ``len(args) // 2 + 1``. Failed tasks are
+    retried up to ``max_num_task_attempts``; with ``retry_with_more_memory`` attempt n
+    of a memory-bound task gets n times the memory. If any task still fails,
+    ``RunMapTasksFailedException`` lists every failure and carries the other results.
+    """
+    if not args:
+        return [] if wait_for_result else None
+    host_, spec = await _submit_map(
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
+        sidecar_containers,
+        ports,
+        max_num_task_attempts,
+        retry_with_more_memory,
+        job_id,
+        timeout_seconds,
+    )
+    if not wait_for_result:
+        return JobHandle(spec.job_id, host_, spec.kind)
+    return await _map_results(host_, spec)
+
+
+async def run_map_as_completed(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None = None,
+    resources_per_task: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    num_concurrent_tasks: int | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    max_num_task_attempts: int = 1,
+    retry_with_more_memory: bool = False,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> AsyncIterator[TaskResult[_U]]:
+    """Like ``run_map``, but yields each task's ``TaskResult`` as soon as it is final."""
+    if not args:
+        return
+    host_, spec = await _submit_map(
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
+        sidecar_containers,
+        ports,
+        max_num_task_attempts,
+        retry_with_more_memory,
+        job_id,
+        timeout_seconds,
+    )
+    async for outcome in _outcomes(host_, spec):
+        yield await _task_result(host_, outcome)
+
+
+# -- synchronous twins ---------------------------------------------------------------------
+
+
+def run_function_sync(function: Callable[..., _T] | str, *args: Any, **kwargs: Any) -> Any:
+    """``run_function`` for synchronous code; same arguments."""
+    return portal.call(run_function(function, *args, **kwargs))
+
+
+def run_command_sync(args: str | Sequence[str], *rest: Any, **kwargs: Any) -> Any:
+    """``run_command`` for synchronous code; same arguments."""
+    return portal.call(run_command(args, *rest, **kwargs))
+
+
+def run_map_sync(
+    function: Callable[[_T], _U], args: Sequence[_T], *rest: Any, **kwargs: Any
+) -> Any:
+    """``run_map`` for synchronous code; same arguments."""
+    return portal.call(run_map(function, args, *rest, **kwargs))
+
+
+def run_map_as_completed_sync(
+    function: Callable[[_T], _U], args: Sequence[_T], *rest: Any, **kwargs: Any
+) -> Iterator[TaskResult[_U]]:
+    """``run_map_as_completed`` for synchronous code: a plain iterator."""
+    return portal.iterate(run_map_as_completed(function, args, *rest, **kwargs))
+
+
+def wait_for_job_sync(job_id: str, host: Host | None = None, check: bool = True) -> Any:
+    return portal.call(wait_for_job(job_id, host, check))
+
+
+def get_job_sync(job_id: str, host: Host | None = None) -> JobRecord:
+    return portal.call(get_job(job_id, host))
+
+
+def list_jobs_sync(host: Host | None = None, limit: int = 50) -> list[JobRecord]:
+    return portal.call(list_jobs(host, limit))
+
+
+def cancel_job_sync(job_id: str, host: Host | None = None) -> bool:
+    return portal.call(cancel_job(job_id, host))
+
+
+def read_task_log_sync(
+    job_id: str, task_id: int = 0, host: Host | None = None, attempt: int | None = None
+) -> str:
+    return portal.call(read_task_log(job_id, task_id, host, attempt))

@@ -1,0 +1,350 @@
+"""``LocalHost``: run jobs on this machine through a real agent, no cloud account needed.
+
+The caller writes payloads into the home's object store and tasks into its SQLite
+queue, then rings the agent's doorbell over a Unix socket; the agent streams results and
+logs back over the same socket. If no agent runs, the first call starts one; if the
+connection drops (the agent exited idle or was killed), the next call or the waiting
+watch starts a new agent, which finds every unfinished task still in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+import meadow_core
+from meadow_core import protocol
+from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity
+from meadow_core.errors import AgentUnavailableError
+from meadow_core.hosts.base import Host
+from meadow_core.place import LocalPlace, default_home
+from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import Resources
+from meadow_core.watch import JobWatch
+
+#: Seconds an agent waits without work before it exits.
+DEFAULT_IDLE_TIMEOUT = 300.0
+_AGENT_START_TIMEOUT = 30.0
+
+
+class _Connection:
+    """One event loop's connection to the agent of one home."""
+
+    def __init__(self, host: LocalHost) -> None:
+        self.host = host
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.watches: dict[str, tuple[JobWatch, bool]] = {}
+        self.status_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.reader_task: asyncio.Task[None] | None = None
+        self.reconnect_task: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def ensure(self) -> None:
+        async with self.lock:
+            if self.writer is not None and not self.writer.is_closing():
+                return
+            await asyncio.to_thread(self.host.start_agent)
+            self.reader, self.writer = await asyncio.open_unix_connection(
+                self.host.place.socket_address, limit=2**26
+            )
+            self.reader_task = asyncio.ensure_future(self._read(self.reader))
+            for job_id, (_, logs) in self.watches.items():
+                self._send({"op": "watch", "job_id": job_id, "logs": logs})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.writer is not None
+        self.writer.write(protocol.frame(message))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        for attempt in range(3):
+            await self.ensure()
+            try:
+                self._send(message)
+                assert self.writer is not None
+                await self.writer.drain()
+                return
+            except (ConnectionError, RuntimeError):
+                self._drop()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(protocol.frame_header_size())
+                body = await reader.readexactly(protocol.frame_length(header))
+                self._dispatch(protocol.unpack(body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._drop()
+            if self.watches:
+                # Someone is waiting: reconnect (starting an agent if needed) and replay.
+                self.reconnect_task = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 5.0):
+            await asyncio.sleep(delay)
+            try:
+                await self.ensure()
+                return
+            except Exception:
+                continue
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "result":
+            outcome = TaskOutcome.from_wire(message)
+            entry = self.watches.get(outcome.job_id)
+            if entry:
+                entry[0].on_result(outcome)
+        elif op == "log":
+            entry = self.watches.get(message["job_id"])
+            if entry:
+                entry[0].on_log(message["task_id"], message["attempt"], message["lines"])
+        elif op == "job_done":
+            entry = self.watches.get(message["job_id"])
+            if entry:
+                entry[0].on_done(message["state"])
+        elif op == "job_unknown":
+            entry = self.watches.get(message["job_id"])
+            if entry:
+                entry[0].on_unknown()
+        elif op == "status":
+            waiter = self.status_waiters.pop(message.get("ref") or 0, None)
+            if waiter and not waiter.done():
+                waiter.set_result(message)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: str, num_tasks: int, kind: str) -> AsyncIterator[JobWatch]:
+        job_watch = JobWatch(job_id, num_tasks, kind)
+        logs = True
+        self.watches[job_id] = (job_watch, logs)
+        try:
+            await self.send({"op": "watch", "job_id": job_id, "logs": logs})
+            yield job_watch
+        finally:
+            self.watches.pop(job_id, None)
+            if self.writer is not None and not self.writer.is_closing():
+                with contextlib.suppress(Exception):
+                    self._send({"op": "unwatch", "job_id": job_id})
+
+
+@dataclasses.dataclass(eq=False)
+class LocalHost(Host):
+    """This machine, through a Meadow agent started on demand.
+
+    ``home`` holds the queue, the object store and the agent's files (default
+    ``$MEADOW_HOME`` or the platform's state directory). ``idle_timeout`` is how long the
+    agent waits without work before it exits. ``logical_cpu`` and ``memory_gb`` cap what
+    Meadow may use of this machine (default: all of it). A task that asks for no
+    resources gets one logical CPU and no memory limit.
+    """
+
+    home: str | Path | None = None
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    logical_cpu: float | None = None
+    memory_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        self.place = LocalPlace(Path(self.home) if self.home else default_home())
+        self.capacity = Capacity.of_this_machine(self.logical_cpu, self.memory_gb)
+        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._agent_launcher: subprocess.Popen[bytes] | None = None
+
+    # -- the agent -------------------------------------------------------------------
+
+    def _agent_reachable(self) -> bool:
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.place.socket_address)
+                return True
+            except OSError:
+                return False
+
+    def start_agent(self) -> None:
+        """Start this home's agent unless one is already serving (blocking)."""
+        if self._agent_reachable():
+            return
+        with filelock.FileLock(self.place.spawn_lock_path, timeout=_AGENT_START_TIMEOUT):
+            if self._agent_reachable():
+                return
+            package_root = str(Path(meadow_core.__file__).resolve().parent.parent)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (package_root, env.get("PYTHONPATH")) if p
+            )
+            command = [
+                sys.executable,
+                "-m",
+                "meadow_core.agent",
+                "--home",
+                str(self.place.home),
+                "--idle-timeout",
+                str(self.idle_timeout),
+                "--daemonize",
+            ]
+            if self.logical_cpu:
+                command += ["--cpu", str(self.logical_cpu)]
+            if self.memory_gb:
+                command += ["--memory-gb", str(self.memory_gb)]
+            with open(self.place.agent_log_path, "ab") as agent_log:
+                subprocess.run(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=agent_log,
+                    stderr=agent_log,
+                    env=env,
+                    start_new_session=True,
+                    check=True,
+                )
+            deadline = time.monotonic() + _AGENT_START_TIMEOUT
+            while time.monotonic() < deadline:
+                if self._agent_reachable():
+                    return
+                time.sleep(0.01)
+        raise AgentUnavailableError(
+            f"the Meadow agent for {self.place.home} did not start within "
+            f"{_AGENT_START_TIMEOUT:g}s; see {self.place.agent_log_path}"
+        )
+
+    def agent_pid(self) -> int | None:
+        """The pid of the agent serving this home, if one runs."""
+        if not self._agent_reachable():
+            return None
+        try:
+            return int(self.place.agent_pid_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop this home's agent and its workers now (blocking); used by tests and the CLI."""
+        import socket
+
+        pid = self.agent_pid()
+        if pid is None:
+            return
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn,
+            contextlib.suppress(OSError),
+        ):
+            conn.connect(self.place.socket_address)
+            conn.sendall(protocol.frame({"op": "shutdown"}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return
+            time.sleep(0.02)
+        raise AgentUnavailableError(f"the agent {pid} did not stop within {timeout:g}s")
+
+    def _connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None:
+            connection = _Connection(self)
+            self._connections[loop] = connection
+        return connection
+
+    async def agent_status(self) -> dict[str, Any]:
+        connection = self._connection()
+        ref = id(object())
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        connection.status_waiters[ref] = waiter
+        await connection.send({"op": "status", "ref": ref})
+        return await asyncio.wait_for(waiter, timeout=10)
+
+    # -- Host -------------------------------------------------------------------------
+
+    def check_resources(self, resources: Resources) -> None:
+        self.capacity.check(resources, self.place.home)
+
+    def default_resources(self) -> Resources:
+        return Resources(logical_cpu=DEFAULT_TASK_CPU)
+
+    def environment(self, environment_variables: Mapping[str, str]) -> Environment:
+        return Environment(
+            interpreter=sys.executable,
+            sys_path=[os.path.abspath(p or os.curdir) for p in sys.path],
+            working_directory=os.getcwd(),
+            environment_variables=dict(environment_variables),
+        )
+
+    async def submit(
+        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes]
+    ) -> bool:
+        store, queue = self.place.store, self.place.queue
+
+        def write() -> bool:
+            for key, data in objects.items():
+                store.put_if_absent(key, data)
+            return queue.submit(spec, tasks)
+
+        created = await asyncio.to_thread(write) if len(tasks) > 100 else write()
+        await self._connection().send({"op": "submitted", "job_id": spec.job_id})
+        return created
+
+    def watch(
+        self, job_id: str, num_tasks: int, kind: str
+    ) -> contextlib.AbstractAsyncContextManager[JobWatch]:
+        return self._connection().watch(job_id, num_tasks, kind)
+
+    async def cancel(self, job_id: str) -> bool:
+        known = self.place.queue.request_cancel(job_id)
+        if known:
+            await self._connection().send({"op": "cancel", "job_id": job_id})
+        return known
+
+    async def get_spec(self, job_id: str) -> JobSpec | None:
+        return self.place.queue.get_spec(job_id)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return self.place.queue.get_job(job_id)
+
+    async def list_jobs(self, limit: int = 50) -> list[JobRecord]:
+        return self.place.queue.list_jobs(limit)
+
+    async def results(self, job_id: str) -> list[TaskOutcome]:
+        return self.place.queue.results(job_id)
+
+    async def read_object(self, key: str) -> bytes:
+        return self.place.store.get(key)
+
+    def object_location(self, key: str) -> str:
+        return self.place.store.location(key)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,69 @@
+"""Interfaces every place (this machine, an AWS region, an Azure resource group) offers."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
+
+
+class ObjectStore(abc.ABC):
+    """Immutable blobs by key: pickled functions, argument blobs, large results, logs."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically (readers see all of it or nothing)."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store unless present; content-addressed keys make this the upload-skip path."""
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        return True
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix``; return how many."""
+
+    @abc.abstractmethod
+    def location(self, key: str) -> str:
+        """Where a person finds the object (a path or a URL), for messages and logs."""
+
+
+class JobQueue(abc.ABC):
+    """Jobs, their queued task attempts and their stored results, for one place.
+
+    The caller submits and cancels; the agent claims, completes and requeues. A claimed
+    task stays in the queue until ``complete`` stores its outcome, in one step, so a
+    crash anywhere loses no task and stores no result twice.
+    """
+
+    @abc.abstractmethod
+    def submit(self, spec: JobSpec, tasks: Sequence[TaskMessage]) -> bool:
+        """Register the job and enqueue its tasks; False if the job id already exists."""
+
+    @abc.abstractmethod
+    def get_spec(self, job_id: str) -> JobSpec | None: ...
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def list_jobs(self, limit: int = 50) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    def results(self, job_id: str, final_only: bool = True) -> list[TaskOutcome]: ...
+
+    @abc.abstractmethod
+    def request_cancel(self, job_id: str) -> bool:
+        """Mark a job for cancellation; the agent carries it out. False if unknown."""

@@ -1,0 +1,89 @@
+"""Following one job from the caller's side: its results as they are stored, once each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from meadow_core import protocol
+from meadow_core.errors import JobNotFoundError
+from meadow_core.protocol import TaskOutcome
+
+#: Remote output reaches the caller through this logger (and its ``meadow.*`` children).
+remote_log = logging.getLogger("meadow")
+
+
+class JobWatch:
+    """Collects a job's outcomes from a host's event channel.
+
+    Results may be delivered more than once (a reconnect replays what is stored); the
+    watch hands each task's final outcome to the caller exactly once.
+    """
+
+    def __init__(self, job_id: str, num_tasks: int, kind: str) -> None:
+        self.job_id = job_id
+        self.num_tasks = num_tasks
+        self.kind = kind
+        self.final: dict[int, TaskOutcome] = {}
+        self.state: str | None = None
+        self._events: asyncio.Queue[TaskOutcome | None] = asyncio.Queue()
+        self._unknown = False
+
+    # Called by the host's channel -------------------------------------------------
+
+    def on_result(self, outcome: TaskOutcome) -> None:
+        if not outcome.final:
+            error = outcome.error or ["?", "", ""]
+            remote_log.warning(
+                "job %s task %d attempt %d %s (%s: %s); retrying",
+                self.job_id,
+                outcome.task_id,
+                outcome.attempt,
+                outcome.outcome,
+                error[0],
+                error[1],
+                extra=self._extra(outcome.task_id, outcome.attempt),
+            )
+            return
+        if outcome.task_id in self.final:
+            return
+        self.final[outcome.task_id] = outcome
+        self._events.put_nowait(outcome)
+
+    def on_done(self, state: str) -> None:
+        self.state = state
+        self._events.put_nowait(None)
+
+    def on_unknown(self) -> None:
+        self._unknown = True
+        self._events.put_nowait(None)
+
+    def on_log(self, task_id: int, attempt: int, lines: list[str]) -> None:
+        prefix = f"[task {task_id}] " if self.kind == "map" else ""
+        extra = self._extra(task_id, attempt)
+        for line in lines:
+            remote_log.info("%s%s", prefix, line, extra=extra)
+
+    def _extra(self, task_id: int, attempt: int) -> dict[str, Any]:
+        return {"meadow_job_id": self.job_id, "meadow_task_id": task_id, "meadow_attempt": attempt}
+
+    # Used by the API ----------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return len(self.final) >= self.num_tasks
+
+    async def outcomes(self) -> AsyncIterator[TaskOutcome]:
+        """Final outcomes as they arrive, until every task has one."""
+        while not self.complete:
+            event = await self._events.get()
+            if event is not None:
+                yield event
+                continue
+            if self._unknown:
+                raise JobNotFoundError(f"job {self.job_id} is not known to this host")
+            if self.state in protocol.TERMINAL_JOB_STATES and self._events.empty():
+                # Every final outcome is replayed before job_done, so none is missing.
+                return
