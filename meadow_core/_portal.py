@@ -9,6 +9,7 @@ agent connection warm between calls.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import queue
@@ -36,7 +37,26 @@ class _Portal:
                     target=self._loop.run_forever, name="meadow-portal", daemon=True
                 )
                 self._thread.start()
+                atexit.register(self.close)
             return self._loop
+
+    def close(self) -> None:
+        """Cancel what still runs on the portal loop and stop it (at interpreter exit)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self._pid != os.getpid() or not loop.is_running():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        self._loop = None
 
     def in_portal_thread(self) -> bool:
         return self._thread is threading.current_thread()

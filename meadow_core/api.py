@@ -36,6 +36,7 @@ from meadow_core.results import (
     TaskException,
     TaskResult,
 )
+from meadow_core.watch import JobWatch
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -218,22 +219,38 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
     )
 
 
-async def _outcomes(host: Host, spec: JobSpec) -> AsyncIterator[TaskOutcome]:
+@contextlib.asynccontextmanager
+async def _watched(host: Host, spec: JobSpec, new: bool) -> AsyncIterator[JobWatch]:
+    async with host.watch(spec.job_id, spec.num_tasks, spec.kind, new=new) as job_watch:
+        yield job_watch
+
+
+@contextlib.asynccontextmanager
+async def _submitted(
+    prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: dict[str, bytes]
+) -> AsyncIterator[tuple[JobSpec, JobWatch]]:
+    """Watch first, then submit, so no log line or result slips past the watch."""
+    async with _watched(prepared.host, spec, new=True) as job_watch:
+        yield await _submit(prepared, spec, tasks, objects), job_watch
+
+
+async def _outcomes(host: Host, spec: JobSpec, job_watch: JobWatch) -> AsyncIterator[TaskOutcome]:
     """Final outcomes of a job as they are stored; cancel the job if the caller gives up."""
     finished = False
     try:
-        async with host.watch(spec.job_id, spec.num_tasks, spec.kind) as job_watch:
-            async for outcome in job_watch.outcomes():
-                yield outcome
-            finished = True
+        async for outcome in job_watch.outcomes():
+            yield outcome
+        finished = True
     finally:
         if not finished:
             with contextlib.suppress(Exception):
                 await asyncio.shield(host.cancel(spec.job_id))
 
 
-async def _command_completion(host: Host, spec: JobSpec, check: bool) -> JobCompletion[None]:
-    async for outcome in _outcomes(host, spec):
+async def _command_completion(
+    host: Host, spec: JobSpec, job_watch: JobWatch, check: bool
+) -> JobCompletion[None]:
+    async for outcome in _outcomes(host, spec, job_watch):
         log = (await host.read_object(outcome.log_key)).decode() if outcome.log_key else ""
         completion: JobCompletion[None] = JobCompletion(
             job_id=spec.job_id,
@@ -257,8 +274,8 @@ async def _command_completion(host: Host, spec: JobSpec, check: bool) -> JobComp
     raise JobNotFoundError(f"job {spec.job_id} ended without a result")
 
 
-async def _function_result(host: Host, spec: JobSpec) -> Any:
-    async for outcome in _outcomes(host, spec):
+async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> Any:
+    async for outcome in _outcomes(host, spec, job_watch):
         result = await _task_result(host, outcome)
         if not result.is_success:
             assert result.exception is not None
@@ -267,10 +284,10 @@ async def _function_result(host: Host, spec: JobSpec) -> Any:
     raise JobNotFoundError(f"job {spec.job_id} ended without a result")
 
 
-async def _map_results(host: Host, spec: JobSpec) -> list[Any]:
+async def _map_results(host: Host, spec: JobSpec, job_watch: JobWatch) -> list[Any]:
     values: list[Any] = [None] * spec.num_tasks
     failed: list[TaskResult[Any]] = []
-    async for outcome in _outcomes(host, spec):
+    async for outcome in _outcomes(host, spec, job_watch):
         result = await _task_result(host, outcome)
         if result.is_success:
             values[result.task_id] = result.result
@@ -322,11 +339,12 @@ async def wait_for_job(job_id: str, host: Host | None = None, check: bool = True
     spec = await host.get_spec(job_id)
     if spec is None:
         raise JobNotFoundError(f"job {job_id} is not known to this host")
-    if spec.kind == "command":
-        return await _command_completion(host, spec, check)
-    if spec.kind == "map":
-        return await _map_results(host, spec)
-    return await _function_result(host, spec)
+    async with _watched(host, spec, new=False) as job_watch:
+        if spec.kind == "command":
+            return await _command_completion(host, spec, job_watch, check)
+        if spec.kind == "map":
+            return await _map_results(host, spec, job_watch)
+        return await _function_result(host, spec, job_watch)
 
 
 async def get_job(job_id: str, host: Host | None = None) -> JobRecord:
@@ -413,10 +431,11 @@ async def run_function(
         spec.args_key = protocol.content_key(payload, "args")
         objects[spec.args_key] = payload
         task.args_range = (0, len(payload))
-    spec = await _submit(prepared, spec, [task], objects)
     if not wait_for_result:
+        spec = await _submit(prepared, spec, [task], objects)
         return JobHandle(spec.job_id, prepared.host, spec.kind)
-    return await _function_result(prepared.host, spec)
+    async with _submitted(prepared, spec, [task], objects) as (spec, job_watch):
+        return await _function_result(prepared.host, spec, job_watch)
 
 
 async def run_command(
@@ -456,13 +475,23 @@ async def run_command(
         timeout_seconds=timeout_seconds,
         num_concurrent_tasks=1,
     )
-    spec = await _submit(prepared, spec, [TaskMessage(spec.job_id, 0)], {})
+    tasks = [TaskMessage(spec.job_id, 0)]
     if not wait_for_result:
+        spec = await _submit(prepared, spec, tasks, {})
         return JobHandle(spec.job_id, prepared.host, spec.kind)
-    return await _command_completion(prepared.host, spec, check)
+    async with _submitted(prepared, spec, tasks, {}) as (spec, job_watch):
+        return await _command_completion(prepared.host, spec, job_watch, check)
 
 
-async def _submit_map(
+@dataclasses.dataclass
+class _MapJob:
+    prepared: _Prepared
+    spec: JobSpec
+    tasks: list[TaskMessage]
+    objects: dict[str, bytes]
+
+
+async def _build_map(
     function: Callable[[_T], _U],
     args: Sequence[_T],
     host: Host | None,
@@ -475,7 +504,7 @@ async def _submit_map(
     retry_with_more_memory: bool,
     job_id: str | None,
     timeout_seconds: float | None,
-) -> tuple[Host, JobSpec]:
+) -> _MapJob:
     prepared = await _prepare(host, resources_per_task, deployment, sidecar_containers, ports)
     _check_timeout(timeout_seconds)
     if isinstance(max_num_task_attempts, bool) or not (
@@ -521,7 +550,7 @@ async def _submit_map(
     for index, piece in enumerate(pieces):
         tasks.append(TaskMessage(spec.job_id, index, args_range=(offset, len(piece))))
         offset += len(piece)
-    return prepared.host, await _submit(prepared, spec, tasks, objects)
+    return _MapJob(prepared, spec, tasks, objects)
 
 
 async def run_map(
@@ -549,7 +578,7 @@ async def run_map(
     """
     if not args:
         return [] if wait_for_result else None
-    host_, spec = await _submit_map(
+    job = await _build_map(
         function,
         args,
         host,
@@ -564,8 +593,10 @@ async def run_map(
         timeout_seconds,
     )
     if not wait_for_result:
-        return JobHandle(spec.job_id, host_, spec.kind)
-    return await _map_results(host_, spec)
+        spec = await _submit(job.prepared, job.spec, job.tasks, job.objects)
+        return JobHandle(spec.job_id, job.prepared.host, spec.kind)
+    async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (spec, job_watch):
+        return await _map_results(job.prepared.host, spec, job_watch)
 
 
 async def run_map_as_completed(
@@ -586,7 +617,7 @@ async def run_map_as_completed(
     """Like ``run_map``, but yields each task's ``TaskResult`` as soon as it is final."""
     if not args:
         return
-    host_, spec = await _submit_map(
+    job = await _build_map(
         function,
         args,
         host,
@@ -600,8 +631,9 @@ async def run_map_as_completed(
         job_id,
         timeout_seconds,
     )
-    async for outcome in _outcomes(host_, spec):
-        yield await _task_result(host_, outcome)
+    async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (spec, job_watch):
+        async for outcome in _outcomes(job.prepared.host, spec, job_watch):
+            yield await _task_result(job.prepared.host, outcome)
 
 
 # -- synchronous twins ---------------------------------------------------------------------

@@ -15,6 +15,20 @@ from meadow_core.protocol import TaskOutcome
 remote_log = logging.getLogger("meadow")
 
 
+def _make_remote_output_visible() -> None:
+    """Show remote output on stderr when the application configured no logging at all.
+
+    Orchestrators and applications that configure logging get the records through their
+    own handlers; a plain script would otherwise see nothing of what its tasks print.
+    """
+    if not remote_log.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        remote_log.addHandler(handler)
+        if remote_log.level == logging.NOTSET:
+            remote_log.setLevel(logging.INFO)
+
+
 class JobWatch:
     """Collects a job's outcomes from a host's event channel.
 
@@ -30,6 +44,7 @@ class JobWatch:
         self.state: str | None = None
         self._events: asyncio.Queue[TaskOutcome | None] = asyncio.Queue()
         self._unknown = False
+        _make_remote_output_visible()
 
     # Called by the host's channel -------------------------------------------------
 
@@ -71,15 +86,13 @@ class JobWatch:
 
     # Used by the API ----------------------------------------------------------------
 
-    @property
-    def complete(self) -> bool:
-        return len(self.final) >= self.num_tasks
-
     async def outcomes(self) -> AsyncIterator[TaskOutcome]:
         """Final outcomes as they arrive, until every task has one."""
-        while not self.complete:
+        delivered = 0
+        while delivered < self.num_tasks:
             event = await self._events.get()
             if event is not None:
+                delivered += 1
                 yield event
                 continue
             if self._unknown:

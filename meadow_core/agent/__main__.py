@@ -18,6 +18,7 @@ import filelock
 
 from meadow_core.agent.agent import Agent
 from meadow_core.agent.capacity import Capacity
+from meadow_core.agent.processes import AGENT_HOME_VARIABLE
 from meadow_core.place import LocalPlace
 
 #: An agent log past this size is started afresh, so it never grows without bound.
@@ -39,6 +40,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     place = LocalPlace(args.home)
+    os.environ[AGENT_HOME_VARIABLE] = str(place.home)
     if args.daemonize and os.fork() > 0:
         # The caller reaps this intermediate process; the agent is re-parented.
         os._exit(0)

@@ -202,7 +202,12 @@ class Agent:
             self.rescan_needed = True
             self._schedule()
         elif op == "watch":
-            self._watch(client, message["job_id"], bool(message.get("logs", True)))
+            self._watch(
+                client,
+                message["job_id"],
+                bool(message.get("logs", True)),
+                bool(message.get("new", False)),
+            )
         elif op == "unwatch":
             client.watching.pop(message["job_id"], None)
         elif op == "cancel":
@@ -214,14 +219,18 @@ class Agent:
         else:
             client.send({"op": "error", "message": f"unknown op {op!r}"})
 
-    def _watch(self, client: _Client, job_id: str, logs: bool) -> None:
-        """Register a watcher, then replay what is already stored (no gap, no race)."""
+    def _watch(self, client: _Client, job_id: str, logs: bool, new: bool) -> None:
+        """Register a watcher, then replay what is already stored (no gap, no race).
+
+        A ``new`` job may not be in the queue yet: its submission follows the watch.
+        """
         client.watching[job_id] = logs
         for outcome in self.queue.results(job_id, final_only=True):
             client.send({"op": "result", **outcome.to_wire()})
         record = self.queue.get_job(job_id)
         if record is None:
-            client.send({"op": "job_unknown", "job_id": job_id})
+            if not new:
+                client.send({"op": "job_unknown", "job_id": job_id})
         elif record.state in protocol.TERMINAL_JOB_STATES:
             client.send({"op": "job_done", "job_id": job_id, "state": record.state})
 

@@ -29,6 +29,10 @@ _READ_CHUNK = 64 * 1024
 LineSink = Callable[[list[str]], None]
 
 
+#: Set in every task process: which agent home it belongs to (leak checks, debugging).
+AGENT_HOME_VARIABLE = "MEADOW_AGENT_HOME"
+
+
 def process_environment(environment: Environment) -> dict[str, str]:
     """The OS environment a task process gets: the agent's plus the job's own."""
     env = dict(os.environ)

@@ -41,9 +41,13 @@ class Host(abc.ABC):
 
     @abc.abstractmethod
     def watch(
-        self, job_id: str, num_tasks: int, kind: str
+        self, job_id: str, num_tasks: int, kind: str, new: bool = False
     ) -> contextlib.AbstractAsyncContextManager[JobWatch]:
-        """Follow a job's outcomes (replaying those already stored) and its live logs."""
+        """Follow a job's outcomes (replaying those already stored) and its live logs.
+
+        ``new`` means the job is about to be submitted: watching starts before it exists,
+        so not even its first log line is missed.
+        """
 
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> bool:

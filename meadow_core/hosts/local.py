@@ -61,7 +61,7 @@ class _Connection:
             )
             self.reader_task = asyncio.ensure_future(self._read(self.reader))
             for job_id, (_, logs) in self.watches.items():
-                self._send({"op": "watch", "job_id": job_id, "logs": logs})
+                self._send({"op": "watch", "job_id": job_id, "logs": logs, "new": True})
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -134,12 +134,14 @@ class _Connection:
                 waiter.set_result(message)
 
     @contextlib.asynccontextmanager
-    async def watch(self, job_id: str, num_tasks: int, kind: str) -> AsyncIterator[JobWatch]:
+    async def watch(
+        self, job_id: str, num_tasks: int, kind: str, new: bool
+    ) -> AsyncIterator[JobWatch]:
         job_watch = JobWatch(job_id, num_tasks, kind)
         logs = True
         self.watches[job_id] = (job_watch, logs)
         try:
-            await self.send({"op": "watch", "job_id": job_id, "logs": logs})
+            await self.send({"op": "watch", "job_id": job_id, "logs": logs, "new": new})
             yield job_watch
         finally:
             self.watches.pop(job_id, None)
@@ -171,6 +173,14 @@ class LocalHost(Host):
             weakref.WeakKeyDictionary()
         )
         self._agent_launcher: subprocess.Popen[bytes] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle only the settings: orchestrators copy hosts between processes."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
 
     # -- the agent -------------------------------------------------------------------
 
@@ -306,9 +316,9 @@ class LocalHost(Host):
         return created
 
     def watch(
-        self, job_id: str, num_tasks: int, kind: str
+        self, job_id: str, num_tasks: int, kind: str, new: bool = False
     ) -> contextlib.AbstractAsyncContextManager[JobWatch]:
-        return self._connection().watch(job_id, num_tasks, kind)
+        return self._connection().watch(job_id, num_tasks, kind, new)
 
     async def cancel(self, job_id: str) -> bool:
         known = self.place.queue.request_cancel(job_id)

@@ -1,0 +1,203 @@
+"""The agent's life: started on demand, reused, idle exit, crashes of caller and agent,
+cancellation. Each test uses its own home, so each has its own agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import filelock
+import psutil
+import pytest
+
+from meadow_core import (
+    LocalHost,
+    RunMapTasksFailedException,
+    TaskException,
+    cancel_job_sync,
+    get_job_sync,
+    run_function,
+    run_function_sync,
+    run_map_sync,
+    wait_for_job_sync,
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def worker_identity(_: object = None) -> tuple[int, int]:
+    return os.getpid(), os.getppid()
+
+
+def sleep_and_mark(args: tuple[str, int, float]) -> int:
+    directory, index, seconds = args
+    Path(directory, f"started-{index}").touch()
+    time.sleep(seconds)
+    Path(directory, f"done-{index}").touch()
+    return index
+
+
+def _assert_lock_free(host: LocalHost) -> None:
+    lock = filelock.FileLock(host.place.agent_lock_path)
+    lock.acquire(timeout=0)
+    lock.release()
+
+
+@pytest.fixture
+def host(tmp_path: Path):  # type: ignore[no-untyped-def]
+    h = LocalHost(home=tmp_path / "home", idle_timeout=30)
+    yield h
+    h.shutdown()
+
+
+def test_agent_is_started_on_demand_and_reused(host: LocalHost) -> None:
+    assert host.agent_pid() is None
+    worker_pid, worker_parent = run_function_sync(worker_identity, host)
+    agent = host.agent_pid()
+    assert agent is not None and worker_parent == agent
+    # A second call reuses both the agent and the warm worker.
+    assert run_function_sync(worker_identity, host) == (worker_pid, agent)
+    assert host.agent_pid() == agent
+
+
+def test_agent_exits_after_idle_timeout_leaving_nothing(tmp_path: Path) -> None:
+    host = LocalHost(home=tmp_path / "home", idle_timeout=1.0)
+    worker_pid, agent_pid = run_function_sync(worker_identity, host)
+    _wait_until(lambda: not _alive(agent_pid), 15, "the idle agent to exit")
+    _wait_until(lambda: not _alive(worker_pid), 5, "its worker to exit")
+    assert host.agent_pid() is None
+    # The agent lock is free again and no scratch files were left.
+    _assert_lock_free(host)
+    scratch = host.place.scratch_dir
+    assert not scratch.exists() or not any(scratch.iterdir())
+    # The next call simply starts a new agent.
+    assert run_function_sync(worker_identity, host)[1] != agent_pid
+    host.shutdown()
+
+
+_CALLER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from meadow_core import LocalHost, run_map_sync
+    from test_lifecycle import sleep_and_mark
+    host = LocalHost(home={home!r}, idle_timeout=2)
+    run_map_sync(sleep_and_mark, [({marks!r}, i, 0.3) for i in range(8)], host,
+                 num_concurrent_tasks=2, job_id="killed-caller")
+    """
+)
+
+
+def test_caller_killed_mid_map_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    marks.mkdir()
+    script = _CALLER.format(tests=str(Path(__file__).parent), home=str(home), marks=str(marks))
+    caller = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        _wait_until(lambda: (marks / "started-0").exists(), 30, "the map to start")
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    host = LocalHost(home=home, idle_timeout=2)
+    agent_pid = host.agent_pid()
+    assert agent_pid is not None
+    # The agent finishes the queued work without the caller ...
+    _wait_until(lambda: len(list(marks.glob("done-*"))) == 8, 30, "all tasks to finish")
+    # ... then exits after its idle timeout, with its workers.
+    _wait_until(lambda: not _alive(agent_pid), 15, "the agent to exit")
+    _assert_lock_free(host)
+    # The results were stored: a later caller collects them without rerunning anything.
+    assert wait_for_job_sync("killed-caller", host) == list(range(8))
+    assert len(list(marks.glob("started-*"))) == 8
+    host.shutdown()
+
+
+def test_agent_killed_mid_map_is_replaced_and_the_map_completes(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    handle = run_map_sync(
+        sleep_and_mark,
+        [(str(marks), i, 0.5) for i in range(4)],
+        host,
+        num_concurrent_tasks=2,
+        wait_for_result=False,
+    )
+    _wait_until(lambda: (marks / "started-0").exists(), 30, "the map to start")
+    agent_pid = host.agent_pid()
+    assert agent_pid is not None
+    workers = [p.pid for p in psutil.Process(agent_pid).children()]
+    os.kill(agent_pid, signal.SIGKILL)
+    # Workers die with their agent instead of running on as orphans.
+    _wait_until(lambda: not any(_alive(w) for w in workers), 10, "the workers to die")
+    # Waiting starts a new agent, which finds the unfinished tasks still queued.
+    assert handle.wait_sync() == [0, 1, 2, 3]
+    assert host.agent_pid() not in (None, agent_pid)
+
+
+def test_cancelling_a_running_map_kills_its_tasks(host: LocalHost, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    handle = run_map_sync(
+        sleep_and_mark,
+        [(str(marks), i, 60) for i in range(6)],
+        host,
+        num_concurrent_tasks=2,
+        wait_for_result=False,
+    )
+    _wait_until(lambda: len(list(marks.glob("started-*"))) == 2, 30, "two tasks to start")
+    started = time.monotonic()
+    cancel_job_sync(handle.job_id, host)
+    with pytest.raises(RunMapTasksFailedException) as failure:
+        handle.wait_sync()
+    assert time.monotonic() - started < 10
+    assert sorted(t.task_id for t in failure.value.failed_tasks) == list(range(6))
+    assert {t.outcome for t in failure.value.failed_tasks} == {"cancelled"}
+    assert get_job_sync(handle.job_id, host).state == "cancelled"
+    assert not list(marks.glob("done-*"))
+    # Only the two running tasks ever started; the queued ones were dropped.
+    assert len(list(marks.glob("started-*"))) == 2
+
+
+def test_cancelling_the_awaiting_coroutine_cancels_the_job(host: LocalHost) -> None:
+    async def main() -> str:
+        call = asyncio.ensure_future(run_function(time.sleep, host, args=(60,), job_id="c1"))
+        while getattr(host.place.queue.get_job("c1"), "state", None) != "running":
+            await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        return "ok"
+
+    assert asyncio.run(main()) == "ok"
+    _wait_until(lambda: get_job_sync("c1", host).state == "cancelled", 10, "the job to cancel")
+    with pytest.raises(TaskException, match="cancelled"):
+        wait_for_job_sync("c1", host)
+
+
+def test_a_host_survives_pickling(host: LocalHost) -> None:
+    copy = pickle.loads(pickle.dumps(host))
+    assert copy.place.home == host.place.home
+    assert run_function_sync(worker_identity, copy)[1] == host.agent_pid() or host.agent_pid()
