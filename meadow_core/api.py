@@ -239,6 +239,7 @@ async def _outcomes(host: Host, spec: JobSpec, job_watch: JobWatch) -> AsyncIter
     finished = False
     try:
         async for outcome in job_watch.outcomes():
+            finished = job_watch.all_delivered
             yield outcome
         finished = True
     finally:

@@ -9,6 +9,7 @@ objects in the place's store, named by content hash. See ARCHITECTURE.md, "Proto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import struct
 import time
@@ -41,6 +42,11 @@ TERMINAL_JOB_STATES = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
 
 class ProtocolError(Exception):
     """A message from a newer or broken peer."""
+
+
+def shallow_fields(record: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, without ``dataclasses.asdict``'s deep copy (hot path)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 def content_key(data: bytes, prefix: str) -> str:
@@ -96,12 +102,12 @@ class Environment:
     working_directory: str
     environment_variables: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        return content_key(pack(dataclasses.asdict(self) | {"v": PROTOCOL_VERSION}), "env")
+        return content_key(pack(self.to_wire() | {"v": PROTOCOL_VERSION}), "env")
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return shallow_fields(self)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Environment:
@@ -134,7 +140,7 @@ class JobSpec:
     created: float = dataclasses.field(default_factory=time.time)
 
     def to_wire(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = shallow_fields(self)
         data["environment"] = self.environment.to_wire()
         return data
 
@@ -162,7 +168,7 @@ class TaskMessage:
     memory_gb: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return shallow_fields(self)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> TaskMessage:
@@ -197,7 +203,7 @@ class TaskOutcome:
     finished: float = dataclasses.field(default_factory=time.time)
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return shallow_fields(self)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> TaskOutcome:
@@ -222,4 +228,4 @@ class JobRecord:
     finished: float | None
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return shallow_fields(self)

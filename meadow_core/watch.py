@@ -44,6 +44,7 @@ class JobWatch:
         self.state: str | None = None
         self._events: asyncio.Queue[TaskOutcome | None] = asyncio.Queue()
         self._unknown = False
+        self._delivered = 0
         _make_remote_output_visible()
 
     # Called by the host's channel -------------------------------------------------
@@ -86,13 +87,21 @@ class JobWatch:
 
     # Used by the API ----------------------------------------------------------------
 
+    @property
+    def all_delivered(self) -> bool:
+        """Every task's final outcome has been handed to the caller."""
+        return self._delivered >= self.num_tasks
+
+    @property
+    def finished(self) -> bool:
+        return self.all_delivered or self.state in protocol.TERMINAL_JOB_STATES
+
     async def outcomes(self) -> AsyncIterator[TaskOutcome]:
         """Final outcomes as they arrive, until every task has one."""
-        delivered = 0
-        while delivered < self.num_tasks:
+        while not self.all_delivered:
             event = await self._events.get()
             if event is not None:
-                delivered += 1
+                self._delivered += 1
                 yield event
                 continue
             if self._unknown:

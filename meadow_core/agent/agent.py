@@ -73,15 +73,26 @@ class _Running:
 
 
 class _Client:
-    """A connected caller: which jobs it watches and whether it wants their logs."""
+    """A connected caller: which jobs it watches and whether it wants their logs.
+
+    Messages sent in one turn of the event loop leave in one write, so a finished job's
+    result and its ``job_done`` cost the caller one wake-up.
+    """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.watching: dict[str, bool] = {}
+        self._outbox: list[bytes] = []
 
     def send(self, message: dict[str, Any]) -> None:
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._write)
+        self._outbox.append(protocol.frame(message))
+
+    def _write(self) -> None:
+        data, self._outbox = b"".join(self._outbox), []
         if not self.writer.is_closing():
-            self.writer.write(protocol.frame(message))
+            self.writer.write(data)
 
 
 class Agent:
@@ -199,7 +210,16 @@ class Agent:
         self.last_activity = time.monotonic()
         op = message.get("op")
         if op == "submitted":
-            self.rescan_needed = True
+            # The doorbell names the job, so no scan of the queue is needed; it may
+            # carry the caller's watch, registered before the job can start.
+            job_id = message.get("job_id")
+            if job_id and "logs" in message:
+                self._watch(client, job_id, bool(message["logs"]), new=True)
+            if job_id:
+                self.more_queued[job_id] = True
+                self.buffers.setdefault(job_id, deque())
+            else:
+                self.rescan_needed = True
             self._schedule()
         elif op == "watch":
             self._watch(
@@ -233,6 +253,7 @@ class Agent:
                 client.send({"op": "job_unknown", "job_id": job_id})
         elif record.state in protocol.TERMINAL_JOB_STATES:
             client.send({"op": "job_done", "job_id": job_id, "state": record.state})
+            client.watching.pop(job_id, None)
 
     def _notify(self, job_id: str, message: dict[str, Any], logs: bool = False) -> None:
         for client in list(self.clients):
@@ -613,6 +634,8 @@ class Agent:
             record = self.queue.get_job(job_id)
             state = record.state if record else protocol.JOB_FAILED
             self._notify(job_id, {"op": "job_done", "job_id": job_id, "state": state})
+            for client in self.clients:
+                client.watching.pop(job_id, None)  # a finished job needs no more watching
             self.specs.pop(job_id, None)
             self.running_per_job.pop(job_id, None)
         self.last_activity = time.monotonic()

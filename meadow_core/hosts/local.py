@@ -46,6 +46,7 @@ class _Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.watches: dict[str, tuple[JobWatch, bool]] = {}
+        self.pending_watches: dict[str, bool] = {}
         self.status_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.reader_task: asyncio.Task[None] | None = None
         self.reconnect_task: asyncio.Task[None] | None = None
@@ -61,7 +62,8 @@ class _Connection:
             )
             self.reader_task = asyncio.ensure_future(self._read(self.reader))
             for job_id, (_, logs) in self.watches.items():
-                self._send({"op": "watch", "job_id": job_id, "logs": logs, "new": True})
+                if job_id not in self.pending_watches:  # those go with their doorbell
+                    self._send({"op": "watch", "job_id": job_id, "logs": logs, "new": True})
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -141,13 +143,27 @@ class _Connection:
         logs = True
         self.watches[job_id] = (job_watch, logs)
         try:
-            await self.send({"op": "watch", "job_id": job_id, "logs": logs, "new": new})
+            if new:
+                # Sent with the submission's doorbell: one message instead of two.
+                self.pending_watches[job_id] = logs
+            else:
+                await self.send({"op": "watch", "job_id": job_id, "logs": logs, "new": new})
             yield job_watch
         finally:
             self.watches.pop(job_id, None)
-            if self.writer is not None and not self.writer.is_closing():
+            self.pending_watches.pop(job_id, None)
+            if not job_watch.finished and self.writer is not None and not self.writer.is_closing():
                 with contextlib.suppress(Exception):
                     self._send({"op": "unwatch", "job_id": job_id})
+
+    async def ring(self, job_id: str) -> None:
+        """Tell the agent a job was submitted, registering a pending watch with it."""
+        await self.ensure()  # a fresh connection must not re-send this watch on its own
+        message: dict[str, Any] = {"op": "submitted", "job_id": job_id}
+        logs = self.pending_watches.pop(job_id, None)
+        if logs is not None:
+            message["logs"] = logs
+        await self.send(message)
 
 
 @dataclasses.dataclass(eq=False)
@@ -312,7 +328,7 @@ class LocalHost(Host):
             return queue.submit(spec, tasks)
 
         created = await asyncio.to_thread(write) if len(tasks) > 100 else write()
-        await self._connection().send({"op": "submitted", "job_id": spec.job_id})
+        await self._connection().ring(spec.job_id)
         return created
 
     def watch(
