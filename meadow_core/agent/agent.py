@@ -23,11 +23,11 @@ from typing import Any
 from meadow_core import protocol
 from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
 from meadow_core.agent.processes import (
+    MemorySampler,
     OutputPump,
     Worker,
     describe_exit,
     kill_process_group,
-    memory_gb_of,
     start_command,
 )
 from meadow_core.place import LocalPlace
@@ -44,6 +44,8 @@ MAX_LOG_BYTES = 16 * 2**20
 WATCH_INTERVAL = 0.05
 #: An idle worker is stopped after this long, so memory goes back to the machine.
 WORKER_IDLE_SECONDS = 60.0
+#: Outcomes finishing within this many seconds of the last flush share its successor.
+FLUSH_INTERVAL = 0.002
 #: Fraction of the requested memory above which a failed task counts as memory-bound.
 MEMORY_BOUND_FRACTION = 0.95
 
@@ -64,6 +66,7 @@ class _Running:
     kill_reason: tuple[str, str, str] | None = None  # (outcome, type, message)
     pid: int | None = None
     kill: Any = None  # callable that kills the process running this task
+    sampler: MemorySampler | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -119,7 +122,10 @@ class Agent:
         self.blob_cache: OrderedDict[str, bytes] = OrderedDict()
         self.pending_outcomes: list[TaskOutcome] = []
         self.pending_retries: list[TaskMessage] = []
-        self.flush_scheduled = False
+        self.flush_handle: asyncio.Handle | None = None
+        self.last_flush = 0.0
+        self.schedule_pending = False
+        self.ticks = 0
         self.rescan_needed = True
         self.last_activity = time.monotonic()
         self.tokens = itertools.count(1)
@@ -612,22 +618,44 @@ class Agent:
             self.more_queued[spec.job_id] = True
             self.buffers.setdefault(spec.job_id, deque())
         self.pending_outcomes.append(result)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_and_schedule)
+        self._request_flush()
+        self._request_schedule()  # capacity was freed: start the next task now
 
-    def _flush_and_schedule(self) -> None:
-        self._flush()
+    def _request_schedule(self) -> None:
+        if not self.schedule_pending:
+            self.schedule_pending = True
+            asyncio.get_running_loop().call_soon(self._scheduled)
+
+    def _scheduled(self) -> None:
+        self.schedule_pending = False
         self._schedule()
+
+    def _request_flush(self) -> None:
+        """Flush now, unless other tasks are running and the last flush was moments ago:
+        then soon, so under load several outcomes share one transaction while a lone
+        call is never delayed."""
+        if self.flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self.last_flush + FLUSH_INTERVAL - time.monotonic()
+        if delay > 0 and self.running:
+            self.flush_handle = loop.call_later(delay, self._flush)
+        else:
+            self.flush_handle = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Store outcomes and acknowledge tasks in one transaction, then tell watchers."""
-        self.flush_scheduled = False
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        self.last_flush = time.monotonic()
         outcomes, retries = self.pending_outcomes, self.pending_retries
         if not outcomes and not retries:
             return
         self.pending_outcomes, self.pending_retries = [], []
         finished = self.queue.complete(outcomes, retries)
+        if retries:
+            self._request_schedule()  # the next attempts are queued now
         for outcome in outcomes:
             self._notify(outcome.job_id, {"op": "result", **outcome.to_wire()})
         for job_id in finished:
@@ -682,16 +710,21 @@ class Agent:
         for outcome in self.pending_outcomes:
             if outcome.job_id == job_id and not outcome.final:
                 outcome.final = True
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_and_schedule)
+        self._request_flush()
+        self._request_schedule()
 
     def _check_limits(self) -> None:
         now = time.time()
         for running in list(self.running.values()):
             if running.pid is None or running.kill_reason is not None:
                 continue
-            used = memory_gb_of(running.pid)
+            if running.sampler is None or running.sampler.pid != running.pid:
+                running.sampler = MemorySampler(running.pid)
+            # Without a limit memory is only reported, so a coarse sample will do.
+            if running.memory_gb is None and self.ticks % 10:
+                used = 0.0
+            else:
+                used = running.sampler.sample()
             running.peak_memory_gb = max(running.peak_memory_gb, used)
             if running.memory_gb is not None and used > running.memory_gb:
                 running.kill_reason = (
@@ -726,13 +759,12 @@ class Agent:
                     self._spawn(worker.stop(grace=1))
 
     async def _watch_loop(self) -> None:
-        ticks = 0
         while not self.stopping.is_set():
             await asyncio.sleep(WATCH_INTERVAL)
-            ticks += 1
+            self.ticks += 1
             try:
                 self._check_limits()
-                if ticks % 20 == 0:  # once a second: catch doorbells nobody rang
+                if self.ticks % 20 == 0:  # once a second: catch doorbells nobody rang
                     self.rescan_needed = True
                     self._schedule()
                     self._retire_idle_workers()

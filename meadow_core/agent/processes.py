@@ -42,17 +42,38 @@ def process_environment(environment: Environment) -> dict[str, str]:
     return env
 
 
-def memory_gb_of(pid: int) -> float:
-    """Resident memory of a process and all its children, in GB."""
-    try:
-        process = psutil.Process(pid)
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
+class MemorySampler:
+    """Resident memory of a process and its children, in GB.
+
+    Finding children scans every process on the machine, so the list of children is
+    refreshed only every ``CHILDREN_EVERY`` samples; their memory is read every time.
+    """
+
+    CHILDREN_EVERY = 10
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples = 0
+        self.children: list[psutil.Process] = []
+        try:
+            self.process: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.process = None
+
+    def sample(self) -> float:
+        if self.process is None:
+            return 0.0
+        try:
+            if self.samples % self.CHILDREN_EVERY == 0:
+                self.children = self.process.children(recursive=True)
+            self.samples += 1
+            total = self.process.memory_info().rss
+        except psutil.Error:
+            return 0.0
+        for child in self.children:
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
         return total / 2**30
-    except psutil.Error:
-        return 0.0
 
 
 def describe_exit(returncode: int | None) -> str:

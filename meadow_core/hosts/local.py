@@ -237,14 +237,19 @@ class LocalHost(Host):
             if self.memory_gb:
                 command += ["--memory-gb", str(self.memory_gb)]
             with open(self.place.agent_log_path, "ab") as agent_log:
-                subprocess.run(
+                launcher = subprocess.run(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=agent_log,
                     stderr=agent_log,
                     env=env,
                     start_new_session=True,
-                    check=True,
+                )
+            if launcher.returncode != 0:
+                raise AgentUnavailableError(
+                    f"the Meadow agent for {self.place.home} failed to start "
+                    f"(exit code {launcher.returncode}); its log ends with:\n"
+                    + _tail(self.place.agent_log_path)
                 )
             deadline = time.monotonic() + _AGENT_START_TIMEOUT
             while time.monotonic() < deadline:
@@ -253,7 +258,7 @@ class LocalHost(Host):
                 time.sleep(0.01)
         raise AgentUnavailableError(
             f"the Meadow agent for {self.place.home} did not start within "
-            f"{_AGENT_START_TIMEOUT:g}s; see {self.place.agent_log_path}"
+            f"{_AGENT_START_TIMEOUT:g}s; its log ends with:\n" + _tail(self.place.agent_log_path)
         )
 
     def agent_pid(self) -> int | None:
@@ -359,6 +364,13 @@ class LocalHost(Host):
 
     def object_location(self, key: str) -> str:
         return self.place.store.location(key)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
 
 
 def _pid_alive(pid: int) -> bool:
