@@ -44,6 +44,7 @@ class JobWatch:
         self.state: str | None = None
         self._events: asyncio.Queue[TaskOutcome | None] = asyncio.Queue()
         self._unknown = False
+        self._error: Exception | None = None
         self._delivered = 0
         _make_remote_output_visible()
 
@@ -70,6 +71,11 @@ class JobWatch:
 
     def on_done(self, state: str) -> None:
         self.state = state
+        self._events.put_nowait(None)
+
+    def on_error(self, error: Exception) -> None:
+        """The channel to the host failed for good: the waiting caller gets ``error``."""
+        self._error = error
         self._events.put_nowait(None)
 
     def on_unknown(self) -> None:
@@ -104,6 +110,8 @@ class JobWatch:
                 self._delivered += 1
                 yield event
                 continue
+            if self._error is not None:
+                raise self._error
             if self._unknown:
                 raise JobNotFoundError(f"job {self.job_id} is not known to this host")
             if self.state in protocol.TERMINAL_JOB_STATES and self._events.empty():

@@ -103,13 +103,19 @@ class _Connection:
                 self.reconnect_task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
+        """Reconnect for the waiting watches; if no agent can be had, fail them."""
+        error: Exception | None = None
         for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 5.0):
             await asyncio.sleep(delay)
             try:
                 await self.ensure()
                 return
-            except Exception:
-                continue
+            except Exception as exc:
+                error = exc
+        for job_watch, _ in list(self.watches.values()):
+            job_watch.on_error(
+                AgentUnavailableError(f"lost the Meadow agent and could not restart it: {error}")
+            )
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message.get("op")

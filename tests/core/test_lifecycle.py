@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from meadow_core import (
+    AgentUnavailableError,
     LocalHost,
     RunMapTasksFailedException,
     TaskException,
@@ -201,3 +202,29 @@ def test_a_host_survives_pickling(host: LocalHost) -> None:
     copy = pickle.loads(pickle.dumps(host))
     assert copy.place.home == host.place.home
     assert run_function_sync(worker_identity, copy)[1] == host.agent_pid() or host.agent_pid()
+
+
+def test_a_caller_waiting_on_an_agent_that_cannot_come_back_gets_an_error(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    handle = run_function_sync(
+        sleep_and_mark, host, args=((str(marks), 0, 60),), wait_for_result=False
+    )
+    _wait_until(lambda: (marks / "started-0").exists(), 30, "the task to start")
+
+    async def wait_while_the_agent_dies() -> None:
+        waiting = asyncio.ensure_future(handle.wait())
+        await asyncio.sleep(0.5)
+        agent_pid = host.agent_pid()
+        assert agent_pid is not None
+        # Break the home so no new agent can start, then kill the running one.
+        host.place.agent_log_path.unlink()
+        host.place.agent_log_path.mkdir()
+        os.kill(agent_pid, signal.SIGKILL)
+        with pytest.raises(AgentUnavailableError, match="could not restart"):
+            await asyncio.wait_for(waiting, timeout=60)
+
+    asyncio.run(wait_while_the_agent_dies())
+    host.place.agent_log_path.rmdir()
