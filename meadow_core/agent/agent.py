@@ -29,6 +29,7 @@ from meadow_core.agent.processes import (
     describe_exit,
     kill_process_group,
     start_command,
+    wait_for_exit,
 )
 from meadow_core.place import LocalPlace
 from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
@@ -461,7 +462,7 @@ class Agent:
             return
         worker.busy = True
         running.pid = worker.pid
-        running.kill = lambda: worker.signal(signal.SIGKILL)
+        running.kill = worker.kill_group
         worker.pump.sink = lambda lines: self._collect_lines(running, lines)
         marker = worker.expect_marker(running.token)
         request: dict[str, Any] = {
@@ -475,12 +476,14 @@ class Agent:
         if spec.function_key and not worker.remember_function(spec.function_key):
             request["function_bytes"] = self._blob(spec.function_key)
         if running.kill_reason is not None:  # cancelled while the worker was starting
-            worker.signal(signal.SIGKILL)
+            worker.kill_group()
+        running.started = time.time()  # the timeout starts now, not while a worker starts
         try:
             worker.send(request)
             reply = await worker.receive()
         except (asyncio.IncompleteReadError, ConnectionError):
-            returncode = await worker.process.wait()
+            returncode = await wait_for_exit(worker.process)
+            worker.kill_group()  # what the task started must not outlive it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.pump.task, timeout=2)
             self._release_worker(worker)
@@ -518,7 +521,7 @@ class Agent:
         assert process.stdout is not None
         pump = OutputPump(process.stdout)
         pump.sink = lambda lines: self._collect_lines(running, lines)
-        returncode = await process.wait()
+        returncode = await wait_for_exit(process)
         kill_process_group(process)  # children the command left behind
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pump.task, timeout=5)

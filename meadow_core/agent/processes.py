@@ -25,6 +25,8 @@ from meadow_core.protocol import Environment
 #: How many pickled functions a worker keeps; the agent mirrors this to know when to resend.
 FUNCTION_CACHE_SIZE = 32
 _READ_CHUNK = 64 * 1024
+#: A line longer than this without a newline is passed on in pieces.
+_MAX_LINE = 2**20
 
 LineSink = Callable[[list[str]], None]
 
@@ -115,7 +117,7 @@ class OutputPump:
                 return
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            if len(pending) > _READ_CHUNK:  # a huge line without newline: flush it anyway
+            if len(pending) > _MAX_LINE:  # a huge line without newline: pass it on anyway
                 lines.append(pending)
                 pending = b""
             if lines:
@@ -182,6 +184,7 @@ class Worker:
                 pass_fds=(worker_end.fileno(),),
                 cwd=cwd,
                 env=process_environment(environment),
+                start_new_session=True,  # so a task's children can be killed with it
             )
         finally:
             worker_end.close()
@@ -235,9 +238,13 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signum)
 
+    def kill_group(self) -> None:
+        """Kill the worker and every process its tasks started (its own session)."""
+        kill_process_group(self.process)
+
     async def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        await self.process.wait()
+        self.kill_group()
+        await wait_for_exit(self.process)
         self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pump.task, timeout=2)
@@ -249,7 +256,7 @@ class Worker:
                 self.send({"op": "exit"})
                 await self.writer.drain()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), timeout=grace)
+                await asyncio.wait_for(wait_for_exit(self.process), timeout=grace)
         await self.kill()
 
 
@@ -275,5 +282,19 @@ async def start_command(
 
 
 def kill_process_group(process: asyncio.subprocess.Process) -> None:
+    """Kill a process started in its own session and everything it started."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+async def wait_for_exit(process: asyncio.subprocess.Process) -> int:
+    """The exit status, as soon as the process itself has exited.
+
+    ``Process.wait()`` also waits until every pipe is closed, which a child that
+    inherited stdout delays for as long as that child lives.
+    """
+    delay = 0.001
+    while process.returncode is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return process.returncode
