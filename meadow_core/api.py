@@ -229,29 +229,26 @@ async def _watched(host: Host, spec: JobSpec, new: bool) -> AsyncIterator[JobWat
 async def _submitted(
     prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: dict[str, bytes]
 ) -> AsyncIterator[tuple[JobSpec, JobWatch]]:
-    """Watch first, then submit, so no log line or result slips past the watch."""
+    """Watch first, then submit, so no log line or result slips past the watch.
+
+    A caller that gives up before every outcome arrived (its coroutine cancelled, Ctrl-C,
+    an error, or it stopped iterating) cancels the job it started; nobody would collect
+    the rest. Waiting on an existing job (``wait_for_job``) never cancels it.
+    """
     async with _watched(prepared.host, spec, new=True) as job_watch:
-        yield await _submit(prepared, spec, tasks, objects), job_watch
-
-
-async def _outcomes(host: Host, spec: JobSpec, job_watch: JobWatch) -> AsyncIterator[TaskOutcome]:
-    """Final outcomes of a job as they are stored; cancel the job if the caller gives up."""
-    finished = False
-    try:
-        async for outcome in job_watch.outcomes():
-            finished = job_watch.all_delivered
-            yield outcome
-        finished = True
-    finally:
-        if not finished:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(host.cancel(spec.job_id))
+        try:
+            yield await _submit(prepared, spec, tasks, objects), job_watch
+        except BaseException:
+            if not job_watch.all_delivered:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(prepared.host.cancel(spec.job_id))
+            raise
 
 
 async def _command_completion(
     host: Host, spec: JobSpec, job_watch: JobWatch, check: bool
 ) -> JobCompletion[None]:
-    async for outcome in _outcomes(host, spec, job_watch):
+    async for outcome in job_watch.outcomes():
         log = (await host.read_object(outcome.log_key)).decode() if outcome.log_key else ""
         completion: JobCompletion[None] = JobCompletion(
             job_id=spec.job_id,
@@ -276,7 +273,7 @@ async def _command_completion(
 
 
 async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> Any:
-    async for outcome in _outcomes(host, spec, job_watch):
+    async for outcome in job_watch.outcomes():
         result = await _task_result(host, outcome)
         if not result.is_success:
             assert result.exception is not None
@@ -288,7 +285,7 @@ async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> An
 async def _map_results(host: Host, spec: JobSpec, job_watch: JobWatch) -> list[Any]:
     values: list[Any] = [None] * spec.num_tasks
     failed: list[TaskResult[Any]] = []
-    async for outcome in _outcomes(host, spec, job_watch):
+    async for outcome in job_watch.outcomes():
         result = await _task_result(host, outcome)
         if result.is_success:
             values[result.task_id] = result.result
@@ -632,8 +629,8 @@ async def run_map_as_completed(
         job_id,
         timeout_seconds,
     )
-    async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (spec, job_watch):
-        async for outcome in _outcomes(job.prepared.host, spec, job_watch):
+    async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (_, job_watch):
+        async for outcome in job_watch.outcomes():
             yield await _task_result(job.prepared.host, outcome)
 
 

@@ -47,8 +47,18 @@ WATCH_INTERVAL = 0.05
 WORKER_IDLE_SECONDS = 60.0
 #: Outcomes finishing within this many seconds of the last flush share its successor.
 FLUSH_INTERVAL = 0.002
+#: Map tasks shorter than this on average get the next task queued in their worker, so
+#: the worker never waits for the agent between tasks.
+PIPELINE_BELOW_SECONDS = 0.1
 #: Fraction of the requested memory above which a failed task counts as memory-bound.
 MEMORY_BOUND_FRACTION = 0.95
+
+
+_CANCELLED_WHILE_RUNNING = (
+    protocol.CANCELLED,
+    "meadow.TaskCancelled",
+    "the job was cancelled while this task ran",
+)
 
 
 @dataclasses.dataclass
@@ -68,6 +78,7 @@ class _Running:
     pid: int | None = None
     kill: Any = None  # callable that kills the process running this task
     sampler: MemorySampler | None = None
+    output_done: asyncio.Event | None = None  # set when the worker's end marker arrives
 
     @property
     def deadline(self) -> float | None:
@@ -119,6 +130,9 @@ class Agent:
         self.running: dict[tuple[str, int], _Running] = {}
         self.running_per_job: dict[str, int] = {}
         self.idle_workers: dict[str, list[Worker]] = {}
+        self.worker_tasks: dict[Worker, deque[_Running]] = {}  # running first, then queued
+        self.cancelled: set[str] = set()
+        self.durations: dict[str, tuple[int, float]] = {}  # job -> (count, total seconds)
         self.all_workers: set[Worker] = set()
         self.blob_cache: OrderedDict[str, bytes] = OrderedDict()
         self.pending_outcomes: list[TaskOutcome] = []
@@ -163,11 +177,7 @@ class Agent:
             log.info("agent %d stopped", os.getpid())
 
     async def _shutdown(self) -> None:
-        """Stop workers and commands, hand unstarted tasks back, flush what finished."""
-        for buffer in self.buffers.values():
-            if buffer:
-                self.queue.unclaim(list(buffer))
-        self.buffers.clear()
+        """Stop workers and commands, flush what finished, hand unstarted tasks back."""
         for running in list(self.running.values()):
             running.kill_reason = (
                 protocol.CRASHED,
@@ -179,6 +189,10 @@ class Agent:
         if self.background:
             await asyncio.wait(self.background, timeout=5)
         self._flush()
+        for buffer in self.buffers.values():
+            if buffer:
+                self.queue.unclaim(list(buffer))
+        self.buffers.clear()
         await asyncio.gather(*(w.stop(grace=1) for w in list(self.all_workers)))
         for client in list(self.clients):
             client.writer.close()
@@ -421,7 +435,8 @@ class Agent:
         return worker
 
     def _release_worker(self, worker: Worker) -> None:
-        worker.pump.sink = None
+        self.worker_tasks.pop(worker, None)
+        worker.forget_output()
         worker.busy = False
         if worker.alive and not self.stopping.is_set():
             worker.idle_since = time.monotonic()
@@ -452,19 +467,26 @@ class Agent:
         return self._blob(spec.args_key)[offset : offset + length]
 
     async def _run_function(self, running: _Running) -> None:
-        spec, message = running.spec, running.message
+        """Give a started task to a warm worker; the worker's driver follows it."""
         try:
-            worker = await self._acquire_worker(spec.environment)
+            worker = await self._acquire_worker(running.spec.environment)
         except Exception as exc:
             self._complete(
                 running, protocol.CRASHED, error=["meadow.WorkerStartFailed", str(exc), ""]
             )
             return
         worker.busy = True
-        running.pid = worker.pid
-        running.kill = worker.kill_group
-        worker.pump.sink = lambda lines: self._collect_lines(running, lines)
-        marker = worker.expect_marker(running.token)
+        self.worker_tasks[worker] = deque()
+        self._hand_to(worker, running)
+        self._begin(worker, running)
+        if running.kill_reason is not None:  # cancelled while the worker was starting
+            worker.kill_group()
+        self._maybe_queue_next(worker)
+        await self._drive(worker)
+
+    def _hand_to(self, worker: Worker, running: _Running) -> None:
+        """Send a task to a worker (it runs after whatever the worker has before it)."""
+        spec, message = running.spec, running.message
         request: dict[str, Any] = {
             "op": "run",
             "token": running.token,
@@ -475,29 +497,108 @@ class Agent:
         }
         if spec.function_key and not worker.remember_function(spec.function_key):
             request["function_bytes"] = self._blob(spec.function_key)
-        if running.kill_reason is not None:  # cancelled while the worker was starting
-            worker.kill_group()
-        running.started = time.time()  # the timeout starts now, not while a worker starts
-        try:
-            worker.send(request)
-            reply = await worker.receive()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            returncode = await wait_for_exit(worker.process)
-            worker.kill_group()  # what the task started must not outlive it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.pump.task, timeout=2)
-            self._release_worker(worker)
-            self._complete_crash(running, describe_exit(returncode))
+        running.output_done = worker.queue_output(
+            running.token, lambda lines: self._collect_lines(running, lines)
+        )
+        self.worker_tasks[worker].append(running)
+        worker.send(request)
+
+    def _begin(self, worker: Worker, running: _Running) -> None:
+        """The task is now the one its worker runs: limits and the timeout apply."""
+        running.pid = worker.pid
+        running.kill = worker.kill_group
+        running.started = time.time()
+
+    def _maybe_queue_next(self, worker: Worker) -> None:
+        """Queue the job's next task behind a short running one, so the worker does not
+        wait for the agent between tasks. Only for maps whose tasks are short on average
+        and whose every slot is busy (a free slot would run the task sooner)."""
+        tasks = self.worker_tasks[worker]
+        if len(tasks) != 1 or self.stopping.is_set():
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(marker.wait(), timeout=5)
+        head = tasks[0]
+        spec, job_id = head.spec, head.spec.job_id
+        count, total = self.durations.get(job_id, (0, 0.0))
+        limit = spec.num_concurrent_tasks or spec.num_tasks
+        if (
+            spec.kind != "map"
+            or count < 2
+            or total / count >= PIPELINE_BELOW_SECONDS
+            or job_id in self.cancelled
+            or self.running_per_job.get(job_id, 0) < limit
+        ):
+            return
+        buffer = self.buffers.get(job_id)
+        if buffer is None:
+            return
+        if not buffer and self.more_queued.get(job_id):
+            claimed = self.queue.claim(job_id, CLAIM_BATCH)
+            if len(claimed) < CLAIM_BATCH:
+                self.more_queued[job_id] = False
+            buffer.extend(claimed)
+        if not buffer:
+            return
+        cpu, memory = self._task_needs(spec, buffer[0])
+        if (cpu, memory) != (head.cpu, head.memory_gb):
+            return  # a retry with other resources waits for a free slot
+        message = buffer.popleft()
+        self._hand_to(worker, _Running(spec, message, str(next(self.tokens)), cpu, memory))
+
+    async def _drive(self, worker: Worker) -> None:
+        """Collect a worker's results in order until it has nothing left to run."""
+        tasks = self.worker_tasks[worker]
+        while tasks:
+            running = tasks[0]
+            try:
+                reply = await worker.receive()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                returncode = await wait_for_exit(worker.process)
+                worker.kill_group()  # what the task started must not outlive it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.pump.task, timeout=2)
+                tasks.popleft()
+                self._requeue_unstarted(tasks)
+                self._release_worker(worker)
+                self._complete_crash(running, describe_exit(returncode))
+                return
+            assert running.output_done is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running.output_done.wait(), timeout=5)
+            tasks.popleft()
+            if running.kill_reason is not None:
+                self._complete(
+                    running, running.kill_reason[0], error=[*running.kill_reason[1:], ""]
+                )
+            elif "error" in reply:
+                self._complete(running, protocol.FAILED, error=reply["error"])
+            else:
+                self._complete(running, protocol.SUCCEEDED, value=reply["value"])
+            if tasks:
+                self._promote(worker, tasks[0])
+                self._maybe_queue_next(worker)
         self._release_worker(worker)
-        if running.kill_reason is not None:
-            self._complete(running, running.kill_reason[0], error=[*running.kill_reason[1:], ""])
-        elif "error" in reply:
-            self._complete(running, protocol.FAILED, error=reply["error"])
-        else:
-            self._complete(running, protocol.SUCCEEDED, value=reply["value"])
+
+    def _promote(self, worker: Worker, running: _Running) -> None:
+        """A queued task starts: it takes the capacity its predecessor just gave back."""
+        self.reserved.take(running.cpu, running.memory_gb or 0.0)
+        job_id = running.spec.job_id
+        self.running_per_job[job_id] = self.running_per_job.get(job_id, 0) + 1
+        self.running[(job_id, running.message.task_id)] = running
+        self._begin(worker, running)
+        if job_id in self.cancelled:  # its worker is being killed with the job's other tasks
+            running.kill_reason = _CANCELLED_WHILE_RUNNING
+
+    def _requeue_unstarted(self, tasks: deque[_Running]) -> None:
+        """Tasks queued in a worker that died never started: back to the front of the line
+        (or cancelled, if their job was)."""
+        while tasks:
+            running = tasks.pop()
+            job_id = running.spec.job_id
+            if job_id in self.cancelled:
+                self._record_cancelled(running.spec, running.message, "before this task ran")
+            else:
+                self.buffers.setdefault(job_id, deque()).appendleft(running.message)
+        self._request_schedule()
 
     async def _run_command(self, running: _Running) -> None:
         spec = running.spec
@@ -573,6 +674,8 @@ class Agent:
             return
         self.reserved.give_back(running.cpu, running.memory_gb or 0.0)
         self.running_per_job[message.job_id] -= 1
+        count, total = self.durations.get(message.job_id, (0, 0.0))
+        self.durations[message.job_id] = (count + 1, total + time.time() - running.started)
         result = TaskOutcome(
             job_id=message.job_id,
             task_id=message.task_id,
@@ -669,6 +772,8 @@ class Agent:
                 client.watching.pop(job_id, None)  # a finished job needs no more watching
             self.specs.pop(job_id, None)
             self.running_per_job.pop(job_id, None)
+            self.durations.pop(job_id, None)
+            self.cancelled.discard(job_id)
         self.last_activity = time.monotonic()
 
     # -- cancellation, limits, idleness ---------------------------------------------
@@ -678,34 +783,15 @@ class Agent:
         if spec is None:
             return
         self.queue.request_cancel(job_id)
+        self.cancelled.add(job_id)
         queued = list(self.buffers.pop(job_id, deque()))
         self.more_queued[job_id] = False
         queued += self.queue.unclaimed_tasks(job_id)
         for message in queued:
-            self._record(
-                spec,
-                message,
-                TaskOutcome(
-                    job_id=job_id,
-                    task_id=message.task_id,
-                    attempt=message.attempt,
-                    outcome=protocol.CANCELLED,
-                    final=True,
-                    error=[
-                        "meadow.TaskCancelled",
-                        "the job was cancelled before this task ran",
-                        "",
-                    ],
-                ),
-                allow_retry=False,
-            )
+            self._record_cancelled(spec, message, "before this task ran")
         for running in list(self.running.values()):
             if running.message.job_id == job_id:
-                running.kill_reason = (
-                    protocol.CANCELLED,
-                    "meadow.TaskCancelled",
-                    "the job was cancelled while this task ran",
-                )
+                running.kill_reason = _CANCELLED_WHILE_RUNNING
                 if running.kill:
                     running.kill()
         # Retries decided before the cancel must not come back.
@@ -715,6 +801,21 @@ class Agent:
                 outcome.final = True
         self._request_flush()
         self._request_schedule()
+
+    def _record_cancelled(self, spec: JobSpec, message: TaskMessage, when: str) -> None:
+        self._record(
+            spec,
+            message,
+            TaskOutcome(
+                job_id=spec.job_id,
+                task_id=message.task_id,
+                attempt=message.attempt,
+                outcome=protocol.CANCELLED,
+                final=True,
+                error=["meadow.TaskCancelled", f"the job was cancelled {when}", ""],
+            ),
+            allow_retry=False,
+        )
 
     def _check_limits(self) -> None:
         now = time.time()
@@ -768,6 +869,7 @@ class Agent:
             try:
                 self._check_limits()
                 if self.ticks % 20 == 0:  # once a second: catch doorbells nobody rang
+                    self.queue.checkpoint()
                     self.rescan_needed = True
                     self._schedule()
                     self._retire_idle_workers()

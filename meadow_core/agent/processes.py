@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -142,7 +142,12 @@ class OutputPump:
 
 
 class Worker:
-    """A warm Python process that runs one task at a time for one environment."""
+    """A warm Python process that runs one task at a time for one environment.
+
+    The agent may queue a second task behind the running one (pipelining short map
+    tasks); the worker runs them in order. Each queued task names the sink its output
+    goes to; the pump switches sinks at each task's end marker.
+    """
 
     def __init__(
         self,
@@ -158,7 +163,7 @@ class Worker:
         self.functions: OrderedDict[str, None] = OrderedDict()
         self.idle_since = time.monotonic()
         self.busy = False
-        self._markers: dict[str, asyncio.Event] = {}
+        self._queued: deque[tuple[str, LineSink, asyncio.Event]] = deque()
         assert process.stdout is not None
         self.pump = OutputPump(process.stdout, self._marker_seen)
 
@@ -204,13 +209,24 @@ class Worker:
         return worker
 
     def _marker_seen(self, token: str) -> None:
-        event = self._markers.get(token)
-        if event is not None:
+        while self._queued:
+            queued_token, _, event = self._queued.popleft()
             event.set()
+            if queued_token == token:
+                break
+        self.pump.sink = self._queued[0][1] if self._queued else None
 
-    def expect_marker(self, token: str) -> asyncio.Event:
+    def forget_output(self) -> None:
+        """Drop routes of tasks whose end marker never came (the worker is idle now)."""
+        self._queued.clear()
+        self.pump.sink = None
+
+    def queue_output(self, token: str, sink: LineSink) -> asyncio.Event:
+        """Route the output of task ``token`` to ``sink``; the event fires at its end."""
         event = asyncio.Event()
-        self._markers = {token: event}
+        self._queued.append((token, sink, event))
+        if len(self._queued) == 1:
+            self.pump.sink = sink
         return event
 
     def send(self, message: dict[str, Any]) -> None:

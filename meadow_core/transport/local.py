@@ -149,6 +149,8 @@ class SqliteJobQueue(JobQueue):
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints are the agent's job, once a second, not a caller's commit's.
+            db.execute("PRAGMA wal_autocheckpoint=0")
             self._local.db = db
             self._local.pid = os.getpid()
         return db
@@ -234,6 +236,10 @@ class SqliteJobQueue(JobQueue):
             return db.execute("SELECT 1 FROM jobs WHERE job_id=?", (job_id,)).fetchone() is not None
 
     # -- agent side --------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database without blocking writers."""
+        self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def reset_claims(self) -> int:
         """Return tasks claimed by a previous agent that died to the queue."""

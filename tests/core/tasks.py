@@ -222,3 +222,8 @@ def kill_all(processes: list[psutil.Process]) -> None:
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.kill()
+
+
+def sleep_then_return_one(seconds: float) -> int:
+    time.sleep(seconds)
+    return 1

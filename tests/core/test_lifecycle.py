@@ -26,7 +26,9 @@ from meadow_core import (
     get_job_sync,
     run_function,
     run_function_sync,
+    run_map_as_completed_sync,
     run_map_sync,
+    wait_for_job,
     wait_for_job_sync,
 )
 
@@ -228,3 +230,36 @@ def test_a_caller_waiting_on_an_agent_that_cannot_come_back_gets_an_error(
 
     asyncio.run(wait_while_the_agent_dies())
     host.place.agent_log_path.rmdir()
+
+
+def test_giving_up_on_waiting_for_an_existing_job_does_not_cancel_it(host: LocalHost) -> None:
+    # A deferrable operator's trigger is cancelled whenever its triggerer restarts; the
+    # job it waits on must run on.
+    handle = run_function_sync(time.sleep, host, args=(2,), wait_for_result=False)
+
+    async def wait_briefly() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(wait_for_job(handle.job_id, host), timeout=0.5)
+
+    asyncio.run(wait_briefly())
+    assert get_job_sync(handle.job_id, host).state in ("queued", "running")
+    assert handle.wait_sync() is None
+    assert get_job_sync(handle.job_id, host).state == "succeeded"
+
+
+def test_stopping_iteration_over_a_map_cancels_the_rest(host: LocalHost, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    results = run_map_as_completed_sync(
+        sleep_and_mark,
+        [(str(marks), i, 0.2 if i == 0 else 30) for i in range(4)],
+        host,
+        num_concurrent_tasks=2,
+        job_id="abandoned-map",
+    )
+    first = next(iter(results))
+    assert first.task_id == 0
+    results.close()  # the caller stops iterating: nobody will collect the rest
+    _wait_until(
+        lambda: get_job_sync("abandoned-map", host).state == "cancelled", 15, "the map to cancel"
+    )

@@ -21,6 +21,7 @@ from meadow_core import (
     RunMapTasksFailedException,
     SerializationError,
     TaskResult,
+    cancel_job_sync,
     deterministic_job_id,
     read_task_log_sync,
     run_function_sync,
@@ -373,3 +374,44 @@ def test_memory_limit_stops_memory_used_by_a_child_process(host: LocalHost) -> N
         assert tasks.wait_no_processes(argv) == [], "the child still holds its memory"
     finally:
         tasks.kill_all(tasks.processes_with_cmdline(argv))
+
+
+def test_a_worker_killed_with_tasks_queued_behind_it_loses_none(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    # Short tasks get the next task queued in their worker; when that worker dies,
+    # the queued tasks never ran and must run once elsewhere, on their first attempt.
+    args = [(str(tmp_path), i, i == 150) for i in range(300)]
+    results = list(
+        run_map_as_completed_sync(
+            tasks.sigkill_first_attempt,
+            args,
+            host=host,
+            num_concurrent_tasks=2,
+            max_num_task_attempts=2,
+        )
+    )
+    by_task = _by_task(results)
+    assert sorted(by_task) == list(range(300))
+    assert all(r.is_success for r in results)
+    assert by_task[150].attempt == 2
+    assert {r.attempt for i, r in by_task.items() if i != 150} == {1}
+
+
+def test_cancelling_a_map_of_short_tasks_stops_it(host: LocalHost) -> None:
+    handle = run_map_sync(
+        tasks.sleep_then_return_one,
+        [0.01] * 2000,
+        host=host,
+        num_concurrent_tasks=2,
+        wait_for_result=False,
+    )
+    time.sleep(1.0)
+    cancel_job_sync(handle.job_id, host)
+    with pytest.raises(RunMapTasksFailedException) as failure:
+        handle.wait_sync()
+    outcomes = {t.outcome for t in failure.value.failed_tasks}
+    assert outcomes == {"cancelled"}
+    done = [r for r in failure.value.results if r == 1]
+    assert 0 < len(done) < 2000
+    assert len(done) + len(failure.value.failed_tasks) == 2000
