@@ -33,7 +33,6 @@ from meadow_core.agent.processes import (
 )
 from meadow_core.place import LocalPlace
 from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
-from meadow_core.resources import Resources
 
 log = logging.getLogger("meadow.agent")
 
@@ -367,25 +366,13 @@ class Agent:
     def _finish_unstartable(
         self, spec: JobSpec, message: TaskMessage, cpu: float, memory: float | None
     ) -> None:
-        asked = Resources(logical_cpu=cpu, memory_gb=memory)
-        self._record(
+        self._record_unrun(
             spec,
             message,
-            TaskOutcome(
-                job_id=message.job_id,
-                task_id=message.task_id,
-                attempt=message.attempt,
-                outcome=protocol.FAILED,
-                final=True,
-                error=[
-                    "meadow.UnsatisfiableResources",
-                    f"attempt {message.attempt} needs {asked.logical_cpu:g} CPUs and "
-                    f"{asked.memory_gb or 0:g} GB but this machine has "
-                    f"{self.capacity.describe()}",
-                    "",
-                ],
-            ),
-            allow_retry=False,
+            protocol.FAILED,
+            "meadow.UnsatisfiableResources",
+            f"attempt {message.attempt} needs {cpu:g} CPUs and {memory or 0:g} GB but this "
+            f"machine has {self.capacity.describe()}",
         )
 
     def _start(self, spec: JobSpec, message: TaskMessage, cpu: float, memory: float | None) -> None:
@@ -803,6 +790,18 @@ class Agent:
         self._request_schedule()
 
     def _record_cancelled(self, spec: JobSpec, message: TaskMessage, when: str) -> None:
+        self._record_unrun(
+            spec,
+            message,
+            protocol.CANCELLED,
+            "meadow.TaskCancelled",
+            f"the job was cancelled {when}",
+        )
+
+    def _record_unrun(
+        self, spec: JobSpec, message: TaskMessage, outcome: str, kind: str, text: str
+    ) -> None:
+        """The final outcome of a task attempt that never ran; no retry follows."""
         self._record(
             spec,
             message,
@@ -810,9 +809,9 @@ class Agent:
                 job_id=spec.job_id,
                 task_id=message.task_id,
                 attempt=message.attempt,
-                outcome=protocol.CANCELLED,
+                outcome=outcome,
                 final=True,
-                error=["meadow.TaskCancelled", f"the job was cancelled {when}", ""],
+                error=[kind, text, ""],
             ),
             allow_retry=False,
         )

@@ -46,7 +46,13 @@ def managed_host(home: Path, **settings: Any) -> Iterator[LocalHost]:
     """A LocalHost on its own home; on exit its agent and every worker must be gone."""
     settings.setdefault("idle_timeout", 30)
     host = LocalHost(home=home, **settings)
-    yield host
+    try:
+        yield host
+    finally:
+        _shut_down_and_check(host)
+
+
+def _shut_down_and_check(host: LocalHost) -> None:
     pids: list[int] = []
     agent = host.agent_pid()
     if agent is not None:

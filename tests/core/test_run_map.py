@@ -415,3 +415,25 @@ def test_cancelling_a_map_of_short_tasks_stops_it(host: LocalHost) -> None:
     done = [r for r in failure.value.results if r == 1]
     assert 0 < len(done) < 2000
     assert len(done) + len(failure.value.failed_tasks) == 2000
+
+
+def test_a_retry_that_outgrows_the_machine_fails_with_what_the_machine_has(
+    tmp_path: Path,
+) -> None:
+    with (
+        managed_host(tmp_path / "home", memory_gb=1.0) as small,
+        pytest.raises(RunMapTasksFailedException) as failure,
+    ):
+        run_map_sync(
+            tasks.allocate,
+            [(700, 2.0)],
+            host=small,
+            resources_per_task=Resources(memory_gb=0.6),
+            max_num_task_attempts=3,
+            retry_with_more_memory=True,
+        )
+    (task,) = failure.value.failed_tasks
+    assert task.attempt == 2
+    assert task.exception is not None
+    assert task.exception[0] == "meadow.UnsatisfiableResources"
+    assert "1.2 GB" in task.exception[1] and "1.0 GB memory" in task.exception[1]
