@@ -47,6 +47,7 @@ from meadow_core.results import (
     TaskException,
     TaskResult,
 )
+from meadow_core.task_context import TaskContext, current_task
 
 __version__ = "0.1.0"
 
@@ -65,11 +66,13 @@ __all__ = [
     "Resources",
     "RunMapTasksFailedException",
     "SerializationError",
+    "TaskContext",
     "TaskException",
     "TaskResult",
     "UnsatisfiableResourcesError",
     "cancel_job",
     "cancel_job_sync",
+    "current_task",
     "default_host",
     "deterministic_job_id",
     "get_job",

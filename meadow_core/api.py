@@ -321,6 +321,19 @@ class JobHandle:
     async def cancel(self) -> bool:
         return await self.host.cancel(self.job_id)
 
+    async def as_completed(self) -> AsyncIterator[TaskResult[Any]]:
+        """Each task's final ``TaskResult`` as it is stored (all of them for a finished
+        job). Stopping early does not cancel the job."""
+        spec = await self.host.get_spec(self.job_id)
+        if spec is None:
+            raise JobNotFoundError(f"job {self.job_id} is not known to this host")
+        async with _watched(self.host, spec, new=False) as job_watch:
+            async for outcome in job_watch.outcomes():
+                yield await _task_result(self.host, outcome)
+
+    def as_completed_sync(self) -> Iterator[TaskResult[Any]]:
+        return portal.iterate(self.as_completed())
+
     def wait_sync(self) -> Any:
         return portal.call(self.wait())
 

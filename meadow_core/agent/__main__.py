@@ -20,6 +20,7 @@ from meadow_core.agent.agent import Agent
 from meadow_core.agent.capacity import Capacity
 from meadow_core.agent.processes import AGENT_HOME_VARIABLE
 from meadow_core.place import LocalPlace
+from meadow_core.task_context import STORE_VARIABLE
 
 #: An agent log past this size is started afresh, so it never grows without bound.
 _MAX_AGENT_LOG_BYTES = 10 * 2**20
@@ -32,6 +33,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu", type=float, default=None)
     parser.add_argument("--memory-gb", type=float, default=None)
     parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=float(os.environ.get("MEADOW_RETENTION_DAYS", 7)),
+        help="keep finished jobs' results and logs this long (default $MEADOW_RETENTION_DAYS or 7)",
+    )
+    parser.add_argument(
         "--daemonize", action="store_true", help="fork into the background and return at once"
     )
     return parser.parse_args(argv)
@@ -41,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     place = LocalPlace(args.home)
     os.environ[AGENT_HOME_VARIABLE] = str(place.home)
+    os.environ[STORE_VARIABLE] = str(place.store.root)  # tasks open it via current_task()
     if args.daemonize and os.fork() > 0:
         # The caller reaps this intermediate process; the agent is re-parented.
         os._exit(0)
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         place.agent_pid_path.write_text(str(os.getpid()))
         capacity = Capacity.of_this_machine(args.cpu, args.memory_gb)
-        asyncio.run(Agent(place, args.idle_timeout, capacity).serve())
+        agent = Agent(place, args.idle_timeout, capacity, args.retention_days * 86400)
+        asyncio.run(agent.serve())
     finally:
         with contextlib.suppress(FileNotFoundError):
             place.agent_pid_path.unlink()

@@ -49,6 +49,8 @@ FLUSH_INTERVAL = 0.002
 #: Map tasks shorter than this on average get the next task queued in their worker, so
 #: the worker never waits for the agent between tasks.
 PIPELINE_BELOW_SECONDS = 0.1
+#: Finished jobs, their results and logs, and payloads nobody reused are kept this long.
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 #: Fraction of the requested memory above which a failed task counts as memory-bound.
 MEMORY_BOUND_FRACTION = 0.95
 
@@ -115,8 +117,10 @@ class Agent:
         place: LocalPlace,
         idle_timeout: float,
         capacity: Capacity,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.place = place
+        self.retention_seconds = retention_seconds
         self.queue = place.queue
         self.store = place.store
         self.idle_timeout = idle_timeout
@@ -149,6 +153,7 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------
 
     async def serve(self) -> None:
+        self._prune()
         recovered = self.queue.reset_claims()
         if recovered:
             log.info("returned %d tasks claimed by a previous agent to the queue", recovered)
@@ -464,7 +469,16 @@ class Agent:
             return
         worker.busy = True
         self.worker_tasks[worker] = deque()
-        self._hand_to(worker, running)
+        try:
+            self._hand_to(worker, running)
+        except Exception as exc:  # e.g. a payload missing from the store
+            self._release_worker(worker)
+            self._complete(
+                running,
+                protocol.FAILED,
+                error=["meadow.TaskNotDelivered", f"{type(exc).__name__}: {exc}", ""],
+            )
+            return
         self._begin(worker, running)
         if running.kill_reason is not None:  # cancelled while the worker was starting
             worker.kill_group()
@@ -472,18 +486,25 @@ class Agent:
         await self._drive(worker)
 
     def _hand_to(self, worker: Worker, running: _Running) -> None:
-        """Send a task to a worker (it runs after whatever the worker has before it)."""
+        """Send a task to a worker (it runs after whatever the worker has before it).
+
+        Raises, changing nothing, if the task's payload cannot be read."""
         spec, message = running.spec, running.message
         request: dict[str, Any] = {
             "op": "run",
             "token": running.token,
+            "job_id": message.job_id,
+            "task_id": message.task_id,
+            "attempt": message.attempt,
             "kind": spec.kind,
             "args": self._task_args(spec, message),
             "function_key": spec.function_key,
             "function_name": spec.function_name,
         }
-        if spec.function_key and not worker.remember_function(spec.function_key):
+        if spec.function_key and spec.function_key not in worker.functions:
             request["function_bytes"] = self._blob(spec.function_key)
+        if spec.function_key:
+            worker.remember_function(spec.function_key)
         running.output_done = worker.queue_output(
             running.token, lambda lines: self._collect_lines(running, lines)
         )
@@ -529,7 +550,10 @@ class Agent:
         if (cpu, memory) != (head.cpu, head.memory_gb):
             return  # a retry with other resources waits for a free slot
         message = buffer.popleft()
-        self._hand_to(worker, _Running(spec, message, str(next(self.tokens)), cpu, memory))
+        try:
+            self._hand_to(worker, _Running(spec, message, str(next(self.tokens)), cpu, memory))
+        except Exception:
+            buffer.appendleft(message)  # it will fail, and be reported, when it starts
 
     async def _drive(self, worker: Worker) -> None:
         """Collect a worker's results in order until it has nothing left to run."""
@@ -593,7 +617,7 @@ class Agent:
         self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
         try:
             process = await start_command(
-                spec.command, spec.environment, str(self.place.scratch_dir)
+                spec.command, spec.environment, str(self.place.scratch_dir), running.message
             )
         except OSError as exc:
             self._complete(
@@ -867,6 +891,8 @@ class Agent:
             self.ticks += 1
             try:
                 self._check_limits()
+                if self.ticks % 72_000 == 0:  # hourly
+                    self._prune()
                 if self.ticks % 20 == 0:  # once a second: catch doorbells nobody rang
                     self.queue.checkpoint()
                     self.rescan_needed = True
@@ -875,6 +901,16 @@ class Agent:
                     self._maybe_exit_idle()
             except Exception:
                 log.exception("agent watch loop failed; continuing")
+
+    def _prune(self) -> None:
+        """Forget jobs finished longer ago than the retention, with their results and
+        logs, and drop function and argument payloads nobody used for as long."""
+        for job_id in self.queue.prune(self.retention_seconds):
+            self.store.delete_prefix(f"results/{job_id}/")
+            self.store.delete_prefix(f"logs/{job_id}/")
+        in_use = self.queue.payload_keys_of_unfinished_jobs()
+        for prefix in ("functions", "args"):
+            self.store.prune_older_than(prefix, self.retention_seconds, keep=in_use)
 
     def _maybe_exit_idle(self) -> None:
         if self.running or any(self.buffers.values()) or self.pending_outcomes:

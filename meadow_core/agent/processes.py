@@ -20,7 +20,8 @@ import psutil
 
 from meadow_core import protocol
 from meadow_core.agent.worker import END_MARKER
-from meadow_core.protocol import Environment
+from meadow_core.protocol import Environment, TaskMessage
+from meadow_core.task_context import ATTEMPT_VARIABLE, JOB_ID_VARIABLE, TASK_ID_VARIABLE
 
 #: How many pickled functions a worker keeps; the agent mirrors this to know when to resend.
 FUNCTION_CACHE_SIZE = 32
@@ -277,13 +278,16 @@ class Worker:
 
 
 async def start_command(
-    command: list[str], environment: Environment, scratch: str
+    command: list[str], environment: Environment, scratch: str, task: TaskMessage
 ) -> asyncio.subprocess.Process:
     """Start a command in its own process group so it and its children can be killed."""
     cwd = environment.working_directory
     if not os.path.isdir(cwd):
         cwd = scratch
     env = process_environment(environment)
+    env[JOB_ID_VARIABLE] = task.job_id  # so current_task() works in the command too
+    env[TASK_ID_VARIABLE] = str(task.task_id)
+    env[ATTEMPT_VARIABLE] = str(task.attempt)
     # A command runs with the job's interpreter first on PATH, like an activated venv.
     env["PATH"] = os.path.dirname(environment.interpreter) + os.pathsep + env.get("PATH", "")
     return await asyncio.create_subprocess_exec(

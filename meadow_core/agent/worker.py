@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from meadow_core import protocol
+from meadow_core.task_context import STORE_VARIABLE, TaskContext, set_current_task
 
 END_MARKER = b"\x1eMEADOW-END "
 _FUNCTION_CACHE_SIZE = 32
@@ -99,6 +100,20 @@ class _Worker:
 
     def run(self, message: dict[str, Any]) -> dict[str, Any]:
         reply: dict[str, Any] = {"op": "done", "token": message["token"]}
+        set_current_task(
+            TaskContext(
+                job_id=message["job_id"],
+                task_id=message["task_id"],
+                attempt=message["attempt"],
+                store_location=os.environ[STORE_VARIABLE],
+            )
+        )
+        try:
+            return self._run(message, reply)
+        finally:
+            set_current_task(None)
+
+    def _run(self, message: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
         try:
             function = self.load_function(message)
             payload = pickle.loads(message["args"])

@@ -68,7 +68,12 @@ class Host(abc.ABC):
 
     @abc.abstractmethod
     async def read_object(self, key: str) -> bytes:
-        """Bytes of a stored object: a large result or a task's log."""
+        """Bytes of a stored object: a large result, a task's log, an adapter's output."""
+
+    @abc.abstractmethod
+    async def write_object(self, key: str, data: bytes) -> None:
+        """Store bytes under ``key`` in the host's object store (adapters keep outputs
+        there that task code reads back through ``current_task().store``)."""
 
     @abc.abstractmethod
     def object_location(self, key: str) -> str:

@@ -368,6 +368,9 @@ class LocalHost(Host):
     async def read_object(self, key: str) -> bytes:
         return self.place.store.get(key)
 
+    async def write_object(self, key: str, data: bytes) -> None:
+        self.place.store.put(key, data)
+
     def object_location(self, key: str) -> str:
         return self.place.store.location(key)
 

@@ -77,14 +77,19 @@ class LocalObjectStore(ObjectStore):
                 count += 1
         return count
 
-    def prune_older_than(self, prefix: str, max_age_seconds: float) -> int:
-        """Delete objects under ``prefix`` not written or reused for ``max_age_seconds``."""
+    def prune_older_than(
+        self, prefix: str, max_age_seconds: float, keep: frozenset[str] = frozenset()
+    ) -> int:
+        """Delete objects under ``prefix`` not written or reused for ``max_age_seconds``,
+        except the keys in ``keep``."""
         cutoff = time.time() - max_age_seconds
         count = 0
         base = self._path(prefix)
         if not base.exists():
             return 0
         for path in base.rglob("*"):
+            if path.relative_to(self.root).as_posix() in keep:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if path.is_file() and path.stat().st_mtime < cutoff:
                     path.unlink()
@@ -353,6 +358,14 @@ class SqliteJobQueue(JobQueue):
         if db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone():
             return True
         return bool(self.cancel_requested_jobs())
+
+    def payload_keys_of_unfinished_jobs(self) -> frozenset[str]:
+        """Function and argument objects that queued or running jobs still need."""
+        keys: set[str] = set()
+        for (blob,) in self._db().execute("SELECT spec FROM jobs WHERE finished IS NULL"):
+            spec = JobSpec.from_wire(protocol.unpack(blob))
+            keys.update(k for k in (spec.function_key, spec.args_key) if k)
+        return frozenset(keys)
 
     def prune(self, older_than_seconds: float) -> list[str]:
         """Forget jobs that finished more than ``older_than_seconds`` ago; return their ids."""

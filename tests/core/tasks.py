@@ -233,3 +233,14 @@ def kill_all(processes: list[psutil.Process]) -> None:
 def sleep_then_return_one(seconds: float) -> int:
     time.sleep(seconds)
     return 1
+
+
+def describe_current_task(payload: bytes) -> tuple[str, int, int, bytes]:
+    """Write ``payload`` into the host's store from inside a task; report the context."""
+    from meadow_core import current_task
+
+    context = current_task()
+    assert context is not None
+    key = f"adapter-outputs/{context.job_id}/{context.task_id}"
+    context.store.put(key, payload)
+    return context.job_id, context.task_id, context.attempt, context.store.get(key)
