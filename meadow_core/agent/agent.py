@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
+import meadow_core
 from meadow_core import protocol
 from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
 from meadow_core.agent.processes import (
@@ -148,6 +149,7 @@ class Agent:
         self.last_activity = time.monotonic()
         self.tokens = itertools.count(1)
         self.stopping = asyncio.Event()
+        self.retiring = False  # a caller of another version connected: finish and go
         self.background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -257,6 +259,16 @@ class Agent:
             client.watching.pop(message["job_id"], None)
         elif op == "cancel":
             self._cancel_job(message["job_id"])
+        elif op == "hello":
+            version = message.get("version")
+            if version != meadow_core.__version__ and not self.retiring:
+                log.info(
+                    "a caller runs Meadow %s, this agent %s: finishing running tasks, then "
+                    "exiting so an agent of the caller's version takes over",
+                    version,
+                    meadow_core.__version__,
+                )
+                self.retiring = True
         elif op == "status":
             client.send({"op": "status", "ref": message.get("ref"), **self._status()})
         elif op == "shutdown":
@@ -323,7 +335,7 @@ class Agent:
 
     def _schedule(self) -> None:
         """Start every queued task whose resources fit, oldest job first."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.retiring:
             return
         if self.rescan_needed:
             self.rescan_needed = False
@@ -522,7 +534,7 @@ class Agent:
         wait for the agent between tasks. Only for maps whose tasks are short on average
         and whose every slot is busy (a free slot would run the task sooner)."""
         tasks = self.worker_tasks[worker]
-        if len(tasks) != 1 or self.stopping.is_set():
+        if len(tasks) != 1 or self.stopping.is_set() or self.retiring:
             return
         head = tasks[0]
         spec, job_id = head.spec, head.spec.job_id
@@ -913,6 +925,9 @@ class Agent:
             self.store.prune_older_than(prefix, self.retention_seconds, keep=in_use)
 
     def _maybe_exit_idle(self) -> None:
+        if self.retiring and not self.running:
+            self.stopping.set()  # unstarted tasks stay queued for the next agent
+            return
         if self.running or any(self.buffers.values()) or self.pending_outcomes:
             self.last_activity = time.monotonic()
             return

@@ -61,6 +61,8 @@ class _Connection:
                 self.host.place.socket_address, limit=2**26
             )
             self.reader_task = asyncio.ensure_future(self._read(self.reader))
+            # An agent of another Meadow version (from before an upgrade) retires.
+            self._send({"op": "hello", "version": meadow_core.__version__})
             for job_id, (_, logs) in self.watches.items():
                 if job_id not in self.pending_watches:  # those go with their doorbell
                     self._send({"op": "watch", "job_id": job_id, "logs": logs, "new": True})

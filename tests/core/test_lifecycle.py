@@ -263,3 +263,18 @@ def test_stopping_iteration_over_a_map_cancels_the_rest(host: LocalHost, tmp_pat
     _wait_until(
         lambda: get_job_sync("abandoned-map", host).state == "cancelled", 15, "the map to cancel"
     )
+
+
+def test_an_agent_of_another_version_retires_for_the_caller(host: LocalHost) -> None:
+    import socket
+
+    from meadow_core import protocol
+
+    old_agent = run_function_sync(worker_identity, host)[1]
+    # A caller of another Meadow version says hello (as after an upgrade).
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(host.place.socket_address)
+        conn.sendall(protocol.frame({"op": "hello", "version": "0.0.0-other"}))
+    _wait_until(lambda: not _alive(old_agent), 10, "the outdated agent to retire")
+    # The next call starts an agent of this version and runs normally.
+    assert run_function_sync(worker_identity, host)[1] not in (None, old_agent)
