@@ -19,16 +19,18 @@ import shlex
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cloudpickle
 
 from meadow_core import protocol
 from meadow_core._portal import portal
+from meadow_core.code_snapshot import build_snapshot
 from meadow_core.deployment import Deployment
 from meadow_core.errors import InvalidRequestError, JobNotFoundError, SerializationError
 from meadow_core.hosts.base import Host
-from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import Resources
 from meadow_core.results import (
     JobCompletion,
@@ -40,6 +42,9 @@ from meadow_core.watch import JobWatch
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
+
+#: Objects to upload for a job: bytes, or a file read only if the store lacks the key.
+Objects = dict[str, bytes | Path]
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _default_host: Host | None = None
@@ -110,6 +115,24 @@ async def _prepare(
     return _Prepared(host, resources, deployment)
 
 
+async def _environment(prepared: _Prepared, objects: Objects) -> Environment:
+    """The environment tasks run in; with a code selection, snapshot the code and add
+    its manifest and file contents to the objects to upload (present ones are skipped)."""
+    deployment = prepared.deployment
+    environment = prepared.host.environment(deployment.environment_variables)
+    if deployment.code is None:
+        return environment
+    code = deployment.code
+    snapshot, sources = await asyncio.to_thread(
+        build_snapshot, code.roots, code.extensions, code.globs, code.working_directory
+    )
+    objects.update({f"code/files/{digest}": path for digest, path in sources.items()})
+    objects[snapshot.key] = snapshot.manifest()
+    environment.sys_path = []  # the snapshot's roots replace the caller's own paths
+    environment.code_manifest = snapshot.key
+    return environment
+
+
 def _new_job_id(job_id: str | None) -> str:
     if job_id is None:
         return f"job-{uuid.uuid4().hex[:20]}"
@@ -138,7 +161,7 @@ def _pickle(value: object, what: str) -> bytes:
 
 def _function_payload(
     function: Callable[..., Any] | str,
-) -> tuple[str | None, str | None, dict[str, bytes], str]:
+) -> tuple[str | None, str | None, Objects, str]:
     """(function_key, function_name, objects to upload, display name)."""
     if isinstance(function, str):
         if "." not in function:
@@ -155,7 +178,7 @@ def _function_payload(
 
 
 async def _submit(
-    prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: dict[str, bytes]
+    prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Objects
 ) -> JobSpec:
     """Submit, or find the existing job with this id (reattach after a restart)."""
     created = await prepared.host.submit(spec, tasks, objects)
@@ -227,7 +250,7 @@ async def _watched(host: Host, spec: JobSpec, new: bool) -> AsyncIterator[JobWat
 
 @contextlib.asynccontextmanager
 async def _submitted(
-    prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: dict[str, bytes]
+    prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Objects
 ) -> AsyncIterator[tuple[JobSpec, JobWatch]]:
     """Watch first, then submit, so no log line or result slips past the watch.
 
@@ -427,7 +450,7 @@ async def run_function(
         job_id=_new_job_id(job_id),
         kind="function",
         name=name,
-        environment=prepared.host.environment(prepared.deployment.environment_variables),
+        environment=await _environment(prepared, objects),
         resources=prepared.resources.to_wire(),
         num_tasks=1,
         function_key=function_key,
@@ -475,11 +498,12 @@ async def run_command(
     command = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
     if not command:
         raise InvalidRequestError("run_command needs a non-empty command")
+    objects: Objects = {}
     spec = JobSpec(
         job_id=_new_job_id(job_id),
         kind="command",
         name=shlex.join(command)[:200],
-        environment=prepared.host.environment(prepared.deployment.environment_variables),
+        environment=await _environment(prepared, objects),
         resources=prepared.resources.to_wire(),
         num_tasks=1,
         command=command,
@@ -488,9 +512,9 @@ async def run_command(
     )
     tasks = [TaskMessage(spec.job_id, 0)]
     if not wait_for_result:
-        spec = await _submit(prepared, spec, tasks, {})
+        spec = await _submit(prepared, spec, tasks, objects)
         return JobHandle(spec.job_id, prepared.host, spec.kind)
-    async with _submitted(prepared, spec, tasks, {}) as (spec, job_watch):
+    async with _submitted(prepared, spec, tasks, objects) as (spec, job_watch):
         return await _command_completion(prepared.host, spec, job_watch, check)
 
 
@@ -499,7 +523,7 @@ class _MapJob:
     prepared: _Prepared
     spec: JobSpec
     tasks: list[TaskMessage]
-    objects: dict[str, bytes]
+    objects: Objects
 
 
 async def _build_map(
@@ -546,7 +570,7 @@ async def _build_map(
         job_id=_new_job_id(job_id),
         kind="map",
         name=f"map {name} over {len(items)}",
-        environment=prepared.host.environment(prepared.deployment.environment_variables),
+        environment=await _environment(prepared, objects),
         resources=prepared.resources.to_wire(),
         num_tasks=len(items),
         function_key=function_key,

@@ -1,30 +1,52 @@
 """``Deployment``: the code and Python environment a job runs with.
 
-This issue ships the default, the caller's own interpreter and ``sys.path`` (what
-``Deployment.mirror_local()`` means on ``LocalHost``), with ``environment_variables``.
-Mirroring code to another machine, building environments from lock files, git
-repositories and containers are the deployment issue's work: those constructors raise
-``NotImplementedError`` saying so.
+Built so far: the caller's own interpreter, with its ``sys.path`` in place or with a
+content-addressed snapshot of its code (``mirror_local`` with code arguments), and
+``environment_variables``. Other interpreters, environments built from lock files, git
+repositories and containers are still to come: those raise ``NotImplementedError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from meadow_core.code_snapshot import DEFAULT_EXTENSIONS, code_roots_of_sys_path
+from meadow_core.errors import InvalidRequestError
+
 _NOT_YET = (
-    "is not implemented yet: Meadow currently runs tasks with the caller's own interpreter "
-    "and sys.path (Deployment.mirror_local() with default arguments)"
+    "is not implemented yet: Meadow currently runs tasks with the caller's own interpreter, "
+    "with its sys.path or a snapshot of its code (Deployment.mirror_local)"
 )
 
 
 @dataclasses.dataclass(frozen=True)
+class CodeSelection:
+    """Which of the caller's code ``mirror_local`` ships: roots in sys.path order, the
+    file extensions taken from them (``None``: every file), and globs relative to the
+    working directory."""
+
+    roots: tuple[str, ...]
+    extensions: tuple[str, ...] | None
+    globs: tuple[str, ...]
+    working_directory: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Deployment:
-    """Where a job's code and libraries come from."""
+    """Where a job's code and libraries come from.
+
+    ``code`` is ``None`` for the caller's own interpreter and ``sys.path`` used in
+    place (LocalHost, default ``mirror_local()``); otherwise a snapshot of the selected
+    code is shipped and materialized on the machine.
+    """
 
     kind: str = "mirror_local"
     environment_variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    code: CodeSelection | None = None
 
     @classmethod
     async def mirror_local(
@@ -36,19 +58,43 @@ class Deployment:
         globs: str | Iterable[str] | None = None,
         environment_variables: Mapping[str, str] | None = None,
     ) -> Deployment:
-        """Mirror the caller's interpreter and code (here: use them directly)."""
-        if (
-            not include_sys_path
-            or additional_sys_paths
-            or include_sys_path_contents is not True
-            or interpreter is not None
-            or globs is not None
-        ):
-            raise NotImplementedError(
-                "mirror_local with include_sys_path, additional_sys_paths, "
-                f"include_sys_path_contents, interpreter or globs {_NOT_YET}"
-            )
-        return cls(environment_variables=dict(environment_variables or {}))
+        """Mirror the caller's code (and, later, interpreter) to the machine.
+
+        With every argument at its default the caller's ``sys.path`` is used as it is
+        (on LocalHost there is nothing to copy). Otherwise the code on ``sys.path``
+        outside the interpreter (if ``include_sys_path``) and ``additional_sys_paths``
+        is snapshotted: ``.py``/``.so`` files, or the extensions given by
+        ``include_sys_path_contents`` (``False``: none), plus files matching ``globs``
+        relative to the working directory, which the task runs in.
+        """
+        if interpreter is not None:
+            raise NotImplementedError(f"mirror_local(interpreter=...) {_NOT_YET}")
+        env = dict(environment_variables or {})
+        extra = (
+            (additional_sys_paths,)
+            if isinstance(additional_sys_paths, str)
+            else tuple(additional_sys_paths)
+        )
+        pattern_list = (globs,) if isinstance(globs, str) else tuple(globs or ())
+        if include_sys_path and not extra and include_sys_path_contents is True and not globs:
+            return cls(environment_variables=env)
+        for path in extra:
+            if not os.path.isdir(path):
+                raise InvalidRequestError(f"additional_sys_paths entry {path!r} is not a directory")
+        if include_sys_path_contents is True:
+            extensions: tuple[str, ...] | None = DEFAULT_EXTENSIONS
+        elif include_sys_path_contents is False:
+            extensions = ()
+        elif isinstance(include_sys_path_contents, str):
+            extensions = (include_sys_path_contents,)
+        else:
+            extensions = tuple(include_sys_path_contents)
+        roots = code_roots_of_sys_path(sys.path) if include_sys_path else []
+        roots += [os.path.realpath(p) for p in extra if os.path.realpath(p) not in roots]
+        return cls(
+            environment_variables=env,
+            code=CodeSelection(tuple(roots), extensions, pattern_list, os.getcwd()),
+        )
 
     @classmethod
     def git_repo(cls, repo_url: str, *args: Any, **kwargs: Any) -> Deployment:

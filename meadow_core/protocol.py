@@ -101,13 +101,19 @@ class Environment:
     sys_path: list[str]
     working_directory: str
     environment_variables: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: A code snapshot (``code_snapshot``) the agent materializes and puts first on
+    #: sys.path, running in its working directory; ``None`` runs the caller's own paths.
+    code_manifest: str | None = None
 
     @functools.cached_property
     def key(self) -> str:
         return content_key(pack(self.to_wire() | {"v": PROTOCOL_VERSION}), "env")
 
     def to_wire(self) -> dict[str, Any]:
-        return shallow_fields(self)
+        data = shallow_fields(self)
+        if data["code_manifest"] is None:
+            del data["code_manifest"]  # what agents before snapshots understand
+        return data
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Environment:

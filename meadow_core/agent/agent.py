@@ -32,6 +32,7 @@ from meadow_core.agent.processes import (
     start_command,
     wait_for_exit,
 )
+from meadow_core.code_snapshot import CodeSnapshot, materialize
 from meadow_core.place import LocalPlace
 from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
 
@@ -433,10 +434,27 @@ class Agent:
             if worker.alive:
                 return worker
             self.all_workers.discard(worker)
-        self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
-        worker = await Worker.start(environment, str(self.place.scratch_dir))
+        runnable = await self._with_code(environment)
+        worker = await Worker.start(runnable, str(self.place.scratch_dir))
+        worker.environment = environment  # pooled under the job's own environment key
         self.all_workers.add(worker)
         return worker
+
+    async def _with_code(self, environment: Environment) -> Environment:
+        """The environment with its code snapshot materialized on this machine (once per
+        manifest) first on sys.path, running in the snapshot's working directory."""
+        self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
+        if environment.code_manifest is None:
+            return environment
+        paths, working = await asyncio.to_thread(
+            materialize, environment.code_manifest, self.store, self.place.home / "code"
+        )
+        return dataclasses.replace(
+            environment,
+            sys_path=paths + environment.sys_path,
+            working_directory=working or str(self.place.scratch_dir),
+            code_manifest=None,
+        )
 
     def _release_worker(self, worker: Worker) -> None:
         self.worker_tasks.pop(worker, None)
@@ -626,10 +644,10 @@ class Agent:
     async def _run_command(self, running: _Running) -> None:
         spec = running.spec
         assert spec.command is not None
-        self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
         try:
+            environment = await self._with_code(spec.environment)
             process = await start_command(
-                spec.command, spec.environment, str(self.place.scratch_dir), running.message
+                spec.command, environment, str(self.place.scratch_dir), running.message
             )
         except OSError as exc:
             self._complete(
@@ -920,9 +938,13 @@ class Agent:
         for job_id in self.queue.prune(self.retention_seconds):
             self.store.delete_prefix(f"results/{job_id}/")
             self.store.delete_prefix(f"logs/{job_id}/")
-        in_use = self.queue.payload_keys_of_unfinished_jobs()
-        for prefix in ("functions", "args"):
-            self.store.prune_older_than(prefix, self.retention_seconds, keep=in_use)
+        in_use = set(self.queue.payload_keys_of_unfinished_jobs())
+        for key in [k for k in in_use if k.startswith("code/manifests/")]:
+            with contextlib.suppress(OSError):
+                manifest = CodeSnapshot.from_manifest(self.store.get(key))
+                in_use.update(f"code/files/{f.digest}" for f in manifest.files)
+        for prefix in ("functions", "args", "code"):
+            self.store.prune_older_than(prefix, self.retention_seconds, keep=frozenset(in_use))
 
     def _maybe_exit_idle(self) -> None:
         if self.retiring and not self.running:

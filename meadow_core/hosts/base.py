@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import Resources
@@ -34,10 +35,11 @@ class Host(abc.ABC):
 
     @abc.abstractmethod
     async def submit(
-        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes]
+        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes | Path]
     ) -> bool:
-        """Upload ``objects`` (skipping those present), register the job and enqueue its
-        tasks. Returns False, changing nothing, when the job id already exists."""
+        """Upload ``objects`` (skipping those present; a ``Path`` is read only when its
+        key is missing), register the job and enqueue its tasks. Returns False,
+        changing nothing, when the job id already exists."""
 
     @abc.abstractmethod
     def watch(

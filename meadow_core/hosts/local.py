@@ -331,16 +331,18 @@ class LocalHost(Host):
         )
 
     async def submit(
-        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes]
+        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes | Path]
     ) -> bool:
         store, queue = self.place.store, self.place.queue
 
         def write() -> bool:
             for key, data in objects.items():
-                store.put_if_absent(key, data)
+                if not store.exists(key):
+                    store.put(key, data.read_bytes() if isinstance(data, Path) else data)
             return queue.submit(spec, tasks)
 
-        created = await asyncio.to_thread(write) if len(tasks) > 100 else write()
+        big = len(tasks) > 100 or len(objects) > 10
+        created = await asyncio.to_thread(write) if big else write()
         await self._connection().ring(spec.job_id)
         return created
 

@@ -364,7 +364,9 @@ class SqliteJobQueue(JobQueue):
         keys: set[str] = set()
         for (blob,) in self._db().execute("SELECT spec FROM jobs WHERE finished IS NULL"):
             spec = JobSpec.from_wire(protocol.unpack(blob))
-            keys.update(k for k in (spec.function_key, spec.args_key) if k)
+            keys.update(
+                k for k in (spec.function_key, spec.args_key, spec.environment.code_manifest) if k
+            )
         return frozenset(keys)
 
     def prune(self, older_than_seconds: float) -> list[str]:
