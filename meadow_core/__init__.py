@@ -39,6 +39,11 @@ from meadow_core.errors import (
     UnsatisfiableResourcesError,
 )
 from meadow_core.hosts import Host, LocalHost
+from meadow_core.interpreters import (
+    LocalPipInterpreter,
+    PipRequirementsFile,
+    UvProjectPath,
+)
 from meadow_core.protocol import JobRecord
 from meadow_core.resources import Resources
 from meadow_core.results import (
@@ -62,7 +67,9 @@ __all__ = [
     "JobNotFoundError",
     "JobRecord",
     "LocalHost",
+    "LocalPipInterpreter",
     "MeadowError",
+    "PipRequirementsFile",
     "Resources",
     "RunMapTasksFailedException",
     "SerializationError",
@@ -70,6 +77,7 @@ __all__ = [
     "TaskException",
     "TaskResult",
     "UnsatisfiableResourcesError",
+    "UvProjectPath",
     "cancel_job",
     "cancel_job_sync",
     "current_task",

@@ -122,6 +122,9 @@ async def _environment(prepared: _Prepared, objects: Objects) -> Environment:
     environment = prepared.host.environment(deployment.environment_variables)
     if deployment.code is None:
         return environment
+    if deployment.environment is not None:
+        objects[deployment.environment.key] = deployment.environment.to_bytes()
+        environment.env_spec = deployment.environment.key
     code = deployment.code
     snapshot, sources = await asyncio.to_thread(
         build_snapshot, code.roots, code.extensions, code.globs, code.working_directory

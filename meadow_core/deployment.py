@@ -1,9 +1,10 @@
 """``Deployment``: the code and Python environment a job runs with.
 
-Built so far: the caller's own interpreter, with its ``sys.path`` in place or with a
-content-addressed snapshot of its code (``mirror_local`` with code arguments), and
-``environment_variables``. Other interpreters, environments built from lock files, git
-repositories and containers are still to come: those raise ``NotImplementedError``.
+Built so far: ``mirror_local`` with the caller's own interpreter (its ``sys.path`` in
+place, or a content-addressed snapshot of its code), or with an environment built from
+a requirements file, a uv project or a local pip interpreter; ``environment_variables``.
+Conda, poetry, git repositories and containers are still to come: those raise
+``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from meadow_core.code_snapshot import DEFAULT_EXTENSIONS, code_roots_of_sys_path
 from meadow_core.errors import InvalidRequestError
+from meadow_core.interpreters import EnvironmentSpec, InterpreterSpec
 
 _NOT_YET = (
     "is not implemented yet: Meadow currently runs tasks with the caller's own interpreter, "
@@ -47,6 +49,7 @@ class Deployment:
     kind: str = "mirror_local"
     environment_variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
     code: CodeSelection | None = None
+    environment: EnvironmentSpec | None = None  # None: the caller's own interpreter
 
     @classmethod
     async def mirror_local(
@@ -67,8 +70,14 @@ class Deployment:
         ``include_sys_path_contents`` (``False``: none), plus files matching ``globs``
         relative to the working directory, which the task runs in.
         """
+        environment: EnvironmentSpec | None = None
         if interpreter is not None:
-            raise NotImplementedError(f"mirror_local(interpreter=...) {_NOT_YET}")
+            if not isinstance(interpreter, InterpreterSpec):
+                raise NotImplementedError(
+                    f"mirror_local(interpreter={type(interpreter).__name__}(...)) {_NOT_YET}; "
+                    "PipRequirementsFile, UvProjectPath and LocalPipInterpreter work"
+                )
+            environment = interpreter.environment_spec()
         env = dict(environment_variables or {})
         extra = (
             (additional_sys_paths,)
@@ -76,8 +85,9 @@ class Deployment:
             else tuple(additional_sys_paths)
         )
         pattern_list = (globs,) if isinstance(globs, str) else tuple(globs or ())
-        if include_sys_path and not extra and include_sys_path_contents is True and not globs:
-            return cls(environment_variables=env)
+        code_defaults = include_sys_path and not extra and include_sys_path_contents is True
+        if code_defaults and not globs and environment is None:
+            return cls(environment_variables=env)  # the caller's sys.path, in place
         for path in extra:
             if not os.path.isdir(path):
                 raise InvalidRequestError(f"additional_sys_paths entry {path!r} is not a directory")
@@ -94,6 +104,7 @@ class Deployment:
         return cls(
             environment_variables=env,
             code=CodeSelection(tuple(roots), extensions, pattern_list, os.getcwd()),
+            environment=environment,
         )
 
     @classmethod

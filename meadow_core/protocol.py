@@ -104,6 +104,9 @@ class Environment:
     #: A code snapshot (``code_snapshot``) the agent materializes and puts first on
     #: sys.path, running in its working directory; ``None`` runs the caller's own paths.
     code_manifest: str | None = None
+    #: An ``EnvironmentSpec`` object the agent builds or fetches (``envcache``); its
+    #: interpreter replaces ``interpreter``. ``None`` runs ``interpreter`` as it is.
+    env_spec: str | None = None
 
     @functools.cached_property
     def key(self) -> str:
@@ -111,8 +114,9 @@ class Environment:
 
     def to_wire(self) -> dict[str, Any]:
         data = shallow_fields(self)
-        if data["code_manifest"] is None:
-            del data["code_manifest"]  # what agents before snapshots understand
+        for optional in ("code_manifest", "env_spec"):
+            if data[optional] is None:
+                del data[optional]  # what agents before these fields understand
         return data
 
     @classmethod

@@ -33,6 +33,7 @@ from meadow_core.agent.processes import (
     wait_for_exit,
 )
 from meadow_core.code_snapshot import CodeSnapshot, materialize
+from meadow_core.envcache import ensure_environment
 from meadow_core.place import LocalPlace
 from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
 
@@ -444,16 +445,26 @@ class Agent:
         """The environment with its code snapshot materialized on this machine (once per
         manifest) first on sys.path, running in the snapshot's working directory."""
         self.place.scratch_dir.mkdir(parents=True, exist_ok=True)
-        if environment.code_manifest is None:
+        if environment.code_manifest is None and environment.env_spec is None:
             return environment
-        paths, working = await asyncio.to_thread(
-            materialize, environment.code_manifest, self.store, self.place.home / "code"
-        )
+        interpreter = environment.interpreter
+        if environment.env_spec is not None:
+            interpreter = await asyncio.to_thread(
+                ensure_environment, environment.env_spec, self.store, self.place.home / "envs"
+            )
+        paths: list[str] = []
+        working: str | None = None
+        if environment.code_manifest is not None:
+            paths, working = await asyncio.to_thread(
+                materialize, environment.code_manifest, self.store, self.place.home / "code"
+            )
         return dataclasses.replace(
             environment,
+            interpreter=interpreter,
             sys_path=paths + environment.sys_path,
             working_directory=working or str(self.place.scratch_dir),
             code_manifest=None,
+            env_spec=None,
         )
 
     def _release_worker(self, worker: Worker) -> None:

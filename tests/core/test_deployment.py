@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import env_tasks
 import pytest
 from tasks import managed_host
 
-from meadow_core import Deployment, InvalidRequestError, LocalHost, run_function_sync
+from meadow_core import (
+    Deployment,
+    InvalidRequestError,
+    LocalHost,
+    PipRequirementsFile,
+    TaskException,
+    UvProjectPath,
+    run_function_sync,
+    run_map_sync,
+)
 from meadow_core.code_snapshot import build_snapshot, upload_snapshot
 from meadow_core.transport.local import LocalObjectStore
 
@@ -117,8 +128,80 @@ def test_a_glob_outside_every_root_is_refused_before_anything_runs(tmp_path: Pat
 
 
 def test_unbuilt_deployments_say_what_is_missing() -> None:
-    with pytest.raises(NotImplementedError, match="interpreter"):
+    with pytest.raises(NotImplementedError, match="interpreter=object"):
         asyncio.run(Deployment.mirror_local(interpreter=object()))
     with pytest.raises(NotImplementedError, match="git_repo"):
         Deployment.git_repo("https://example.invalid/repo.git")
     assert os.getcwd()
+
+
+def test_a_requirements_file_builds_an_environment_once(host: LocalHost, tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    deployment = Deployment.mirror_local(interpreter=PipRequirementsFile(str(requirements)))
+    executable, version = run_function_sync(
+        env_tasks.report_environment, host, deployment=deployment
+    )
+    assert version == "1.16.0"
+    assert executable.startswith(str(host.place.home / "envs"))
+    packed = list((host.place.home / "store" / "envs" / "packed").iterdir())
+    assert len(packed) == 1  # packed into the store for other machines
+    # Two tasks of a map that start together on a new spec wait for one build.
+    requirements.write_text("six==1.16.0\n# another spec, built by the map\n")
+    deployment = Deployment.mirror_local(interpreter=PipRequirementsFile(str(requirements)))
+    results = run_map_sync(
+        env_tasks.report_environment, [1, 2], host, deployment=deployment, num_concurrent_tasks=2
+    )
+    assert len({r[0] for r in results}) == 1 and results[0][0] != executable
+    assert len(list((host.place.home / "envs").glob("*/.complete"))) == 2
+    log = (host.place.home / "agent.log").read_text()
+    assert log.count("built environment") == 2
+
+
+def test_an_environment_is_unpacked_from_the_store_instead_of_rebuilt(
+    tmp_path: Path,
+) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    with managed_host(tmp_path / "first") as first:
+        deployment = Deployment.mirror_local(interpreter=PipRequirementsFile(str(requirements)))
+        run_function_sync(env_tasks.report_environment, first, deployment=deployment)
+        packed = first.place.home / "store" / "envs" / "packed"
+        (archive,) = packed.iterdir()
+    # Another machine sharing the store (here: a copy of it) finds the packed build.
+    second_home = tmp_path / "second"
+    (second_home / "store" / "envs" / "packed").mkdir(parents=True)
+    shutil.copy(archive, second_home / "store" / "envs" / "packed" / archive.name)
+    with managed_host(second_home) as second:
+        deployment = Deployment.mirror_local(interpreter=PipRequirementsFile(str(requirements)))
+        _, version = run_function_sync(env_tasks.report_environment, second, deployment=deployment)
+        assert version == "1.16.0"
+        log = (second_home / "agent.log").read_text()
+    assert "unpacking environment" in log and "built environment" not in log
+
+
+def test_bad_environment_files_fail_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="cannot be read"):
+        asyncio.run(
+            Deployment.mirror_local(interpreter=PipRequirementsFile(str(tmp_path / "none.txt")))
+        )
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (project / "uv.lock").write_text("this is = = not toml")
+    with pytest.raises(InvalidRequestError, match=r"uv\.lock is not valid TOML"):
+        asyncio.run(Deployment.mirror_local(interpreter=UvProjectPath(str(project))))
+    with pytest.raises(InvalidRequestError, match="python_version"):
+        PipRequirementsFile(
+            str(project / "pyproject.toml"), python_version="2.7"
+        ).environment_spec()
+
+
+def test_an_unresolvable_requirement_fails_the_task_with_uvs_words(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("this-package-does-not-exist-meadow==0.0.1\n")
+    deployment = Deployment.mirror_local(interpreter=PipRequirementsFile(str(requirements)))
+    with pytest.raises(TaskException, match="this-package-does-not-exist-meadow"):
+        run_function_sync(env_tasks.report_environment, host, deployment=deployment)
