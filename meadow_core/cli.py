@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from meadow_core import api
+from meadow_core import api, cache
 from meadow_core._portal import portal
 from meadow_core.errors import MeadowError
 from meadow_core.hosts.local import DEFAULT_IDLE_TIMEOUT, LocalHost
@@ -361,6 +361,56 @@ def cancel_cmd(ctx: click.Context, job_id: str) -> None:
         time.sleep(0.1)
         record = api.get_job_sync(job_id, host)
     click.echo(f"{job_id}: {record.state}")
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """List or prune built environments and code snapshots, here and in the store."""
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+@cache_group.command("list")
+@click.pass_context
+def cache_list_cmd(ctx: click.Context) -> None:
+    """Cache entries, least recently used first."""
+    entries = cache.cache_entries(_host(ctx).place)
+    for entry in entries:
+        click.echo(
+            f"{_when(entry.last_used)}  {_human(entry.size_bytes):>9}  {entry.kind:<18} {entry.key}"
+        )
+    click.echo(f"{len(entries)} entries, {_human(sum(e.size_bytes for e in entries))}")
+
+
+@cache_group.command("prune")
+@click.option("--max-gb", type=float, default=None, help="Keep at most this much.")
+@click.option("--older-than-days", type=float, default=None, help="Drop what is older.")
+@click.pass_context
+def cache_prune_cmd(
+    ctx: click.Context, max_gb: float | None, older_than_days: float | None
+) -> None:
+    """Remove least recently used entries (stop the agent first: it may be using them)."""
+    host = _host(ctx)
+    if max_gb is None and older_than_days is None:
+        raise click.UsageError("give --max-gb or --older-than-days")
+    if host.agent_pid() is not None:
+        _fail(
+            MeadowError("the agent is running and may use these entries; run `meadow agent stop`")
+        )
+    removed = cache.prune(
+        host.place,
+        max_bytes=int(max_gb * 2**30) if max_gb is not None else None,
+        older_than_seconds=older_than_days * 86400 if older_than_days is not None else None,
+    )
+    freed = sum(e.size_bytes for e in removed)
+    click.echo(f"removed {len(removed)} entries, freed {_human(freed)}")
 
 
 @cli.group("agent")

@@ -33,6 +33,7 @@ def meadow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             assert result.returncode == check, result.stdout + result.stderr
         return result
 
+    run.home = str(home)  # type: ignore[attr-defined]
     yield run
     run("agent", "stop")
 
@@ -94,3 +95,26 @@ def test_agent_status_and_stop(meadow) -> None:  # type: ignore[no-untyped-def]
     assert "agent" in status and "capacity" in status
     assert "stopped agent" in meadow("agent", "stop").stdout
     assert "no agent is running" in meadow("agent", "status").stdout
+
+
+def test_cache_lists_and_prunes_least_recently_used_first(meadow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shipped_cli_module.py").write_text("def hello():\n    return 'hi'\n")
+    # Ship a code snapshot so the cache has an entry to list.
+    script = (
+        "from meadow_core import Deployment, LocalHost, run_function_sync\n"
+        "d = Deployment.mirror_local(\n"
+        f"    include_sys_path=False, additional_sys_paths=[{str(project)!r}])\n"
+        "host = LocalHost(idle_timeout=30)\n"
+        "print(run_function_sync('shipped_cli_module.hello', host, deployment=d))\n"
+    )
+    env = dict(os.environ, MEADOW_HOME=meadow.home)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "hi", done.stderr
+    listing = meadow("cache", "list").stdout
+    assert "code" in listing and "stored code" in listing
+    assert "agent stop" in meadow("cache", "prune", "--max-gb", "0", check=1).stderr
+    meadow("agent", "stop")
+    assert "removed" in meadow("cache", "prune", "--max-gb", "0").stdout
+    assert meadow("cache", "list").stdout.strip().endswith("0 entries, 0 B")
