@@ -563,8 +563,6 @@ async def _build_map(
         )
     items = list(args)
     function_key, function_name, objects, name = _function_payload(function)
-    if function_name is not None:
-        raise InvalidRequestError("run_map needs a callable, not a 'module.function' string")
     pieces = [_pickle(item, f"argument {index} of the map") for index, item in enumerate(items)]
     blob = b"".join(pieces)
     args_key = protocol.content_key(blob, "args")
@@ -577,6 +575,7 @@ async def _build_map(
         resources=prepared.resources.to_wire(),
         num_tasks=len(items),
         function_key=function_key,
+        function_name=function_name,
         args_key=args_key,
         max_attempts=max_num_task_attempts,
         retry_with_more_memory=retry_with_more_memory,

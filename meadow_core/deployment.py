@@ -17,6 +17,7 @@ from typing import Any
 
 from meadow_core.code_snapshot import DEFAULT_EXTENSIONS, code_roots_of_sys_path
 from meadow_core.errors import InvalidRequestError
+from meadow_core.git_source import checkout
 from meadow_core.interpreters import EnvironmentSpec, InterpreterSpec
 
 _NOT_YET = (
@@ -108,8 +109,51 @@ class Deployment:
         )
 
     @classmethod
-    def git_repo(cls, repo_url: str, *args: Any, **kwargs: Any) -> Deployment:
-        raise NotImplementedError(f"Deployment.git_repo {_NOT_YET}")
+    def git_repo(
+        cls,
+        repo_url: str,
+        branch: str | None = None,
+        commit: str | None = None,
+        path_to_source: str | None = None,
+        interpreter: Any = None,
+        environment_variables: Mapping[str, str] | None = None,
+        ssh_key_secret: Any = None,
+        editable_install: bool = True,
+    ) -> Deployment:
+        """The code of one commit of a git repository (``branch`` defaults to ``main``).
+
+        The branch is resolved here, once, so every task runs the same commit; the
+        commit's files ship as a code snapshot with the repository root as working
+        directory and ``path_to_source`` (default: the root) on ``sys.path``. An
+        ``interpreter`` file path (requirements, uv project) is read from the
+        repository. The caller's own git credentials are used.
+        """
+        if ssh_key_secret is not None:
+            raise NotImplementedError(
+                "ssh_key_secret is not needed: the repository is fetched on the caller with "
+                "its own git credentials (ssh agent, credential helper)"
+            )
+        export, _ = checkout(repo_url, branch, commit)
+        source = export / (path_to_source or "")
+        if not source.is_dir():
+            raise InvalidRequestError(
+                f"path_to_source {path_to_source!r} is not a folder of {repo_url} at that commit"
+            )
+        # The whole tree ships; only path_to_source goes on sys.path.
+        everything = () if source == export else ("**/*",)
+        environment: EnvironmentSpec | None = None
+        if interpreter is not None:
+            if not isinstance(interpreter, InterpreterSpec):
+                raise NotImplementedError(
+                    f"git_repo(interpreter={type(interpreter).__name__}(...)) {_NOT_YET}"
+                )
+            environment = interpreter.in_folder(export).environment_spec()
+        return cls(
+            kind="git_repo",
+            environment_variables=dict(environment_variables or {}),
+            code=CodeSelection((str(source),), None, everything, str(export)),
+            environment=environment,
+        )
 
     @classmethod
     def container_image(cls, repository: str, *args: Any, **kwargs: Any) -> Deployment:

@@ -80,6 +80,15 @@ class InterpreterSpec(abc.ABC):
     def environment_spec(self) -> EnvironmentSpec:
         """Read and check the local files; raise ``InvalidRequestError`` naming the fix."""
 
+    def in_folder(self, folder: Path) -> InterpreterSpec:
+        """The same spec with its file paths relative to ``folder`` (a git checkout)."""
+        changes = {
+            f.name: str(folder / getattr(self, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.name.startswith("path_to_") and f.name != "path_to_interpreter"
+        }
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
 
 @dataclasses.dataclass(frozen=True)
 class PipRequirementsFile(InterpreterSpec):

@@ -130,8 +130,8 @@ def test_a_glob_outside_every_root_is_refused_before_anything_runs(tmp_path: Pat
 def test_unbuilt_deployments_say_what_is_missing() -> None:
     with pytest.raises(NotImplementedError, match="interpreter=object"):
         asyncio.run(Deployment.mirror_local(interpreter=object()))
-    with pytest.raises(NotImplementedError, match="git_repo"):
-        Deployment.git_repo("https://example.invalid/repo.git")
+    with pytest.raises(NotImplementedError, match="container_image"):
+        Deployment.container_image("python")
     assert os.getcwd()
 
 

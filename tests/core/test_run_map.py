@@ -137,9 +137,12 @@ def test_unpicklable_map_argument_is_named(host: LocalHost) -> None:
     before = host.place.queue.list_jobs(limit=100_000)
     with pytest.raises(SerializationError, match="argument 1"):
         run_map_sync(tasks.identity, [1, threading.Lock(), 3], host=host)
-    with pytest.raises(InvalidRequestError):
-        run_map_sync("tasks.square", [1, 2], host=host)  # type: ignore[arg-type]
     assert host.place.queue.list_jobs(limit=100_000) == before
+
+
+def test_a_map_by_function_name_resolves_it_on_the_worker(host: LocalHost) -> None:
+    # The seed's reference allows "package.module.function" (what git_repo code needs).
+    assert run_map_sync("tasks.square", [1, 2, 3], host=host) == [1, 4, 9]
 
 
 # -- failures and retries ---------------------------------------------------------------------
