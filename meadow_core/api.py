@@ -60,14 +60,16 @@ def default_host() -> Host:
     return _default_host
 
 
-def deterministic_job_id(*parts: object) -> str:
+def deterministic_job_id(*parts: object, prefix: str = "job") -> str:
     """A job id derived from e.g. (pipeline run id, step key, attempt).
 
     An orchestrator that restarts or retries computes the same id and finds the job it
-    launched instead of launching a second one.
+    launched instead of launching a second one. ``prefix`` (e.g. the DAG or step name)
+    makes ``meadow jobs`` readable; it is cleaned to the characters job ids allow.
     """
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
-    return f"job-{digest[:32]}"
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", prefix).strip("-._")[:80] or "job"
+    return f"{readable}-{digest[:32]}"
 
 
 # -- validation and preparation ---------------------------------------------------------
@@ -370,13 +372,24 @@ class JobHandle:
         return portal.call(self.cancel())
 
 
-async def wait_for_job(job_id: str, host: Host | None = None, check: bool = True) -> Any:
-    """Wait for a job submitted earlier (maybe by another process) and return its result."""
+async def wait_for_job(
+    job_id: str, host: Host | None = None, check: bool = True, fetch_result: bool = True
+) -> Any:
+    """Wait for a job submitted earlier (maybe by another process) and return its result.
+
+    With ``fetch_result=False`` nothing is unpickled: the job's final ``JobRecord`` is
+    returned (a waiter that cannot import the result's classes, like an Airflow trigger).
+    Giving up on the wait never cancels the job.
+    """
     host = host or default_host()
     spec = await host.get_spec(job_id)
     if spec is None:
         raise JobNotFoundError(f"job {job_id} is not known to this host")
     async with _watched(host, spec, new=False) as job_watch:
+        if not fetch_result:
+            async for _ in job_watch.outcomes():
+                pass
+            return await get_job(job_id, host)
         if spec.kind == "command":
             return await _command_completion(host, spec, job_watch, check)
         if spec.kind == "map":
@@ -700,8 +713,10 @@ def run_map_as_completed_sync(
     return portal.iterate(run_map_as_completed(function, args, *rest, **kwargs))
 
 
-def wait_for_job_sync(job_id: str, host: Host | None = None, check: bool = True) -> Any:
-    return portal.call(wait_for_job(job_id, host, check))
+def wait_for_job_sync(
+    job_id: str, host: Host | None = None, check: bool = True, fetch_result: bool = True
+) -> Any:
+    return portal.call(wait_for_job(job_id, host, check, fetch_result))
 
 
 def get_job_sync(job_id: str, host: Host | None = None) -> JobRecord:

@@ -286,6 +286,19 @@ class Agent:
         client.watching[job_id] = logs
         for outcome in self.queue.results(job_id, final_only=True):
             client.send({"op": "result", **outcome.to_wire()})
+        if logs:  # a late watcher still gets what running tasks printed so far
+            for running in self.running.values():
+                message = running.message
+                if message.job_id == job_id and running.lines:
+                    client.send(
+                        {
+                            "op": "log",
+                            "job_id": job_id,
+                            "task_id": message.task_id,
+                            "attempt": message.attempt,
+                            "lines": list(running.lines),
+                        }
+                    )
         record = self.queue.get_job(job_id)
         if record is None:
             if not new:

@@ -4,6 +4,7 @@ cancellation. Each test uses its own home, so each has its own agent."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import signal
@@ -23,6 +24,7 @@ from meadow_core import (
     RunMapTasksFailedException,
     TaskException,
     cancel_job_sync,
+    deterministic_job_id,
     get_job_sync,
     run_function,
     run_function_sync,
@@ -278,3 +280,31 @@ def test_an_agent_of_another_version_retires_for_the_caller(host: LocalHost) -> 
     _wait_until(lambda: not _alive(old_agent), 10, "the outdated agent to retire")
     # The next call starts an agent of this version and runs normally.
     assert run_function_sync(worker_identity, host)[1] not in (None, old_agent)
+
+
+def print_then_sleep(seconds: float) -> str:
+    print("early line", flush=True)
+    time.sleep(seconds)
+    return "done"
+
+
+def test_a_late_waiter_gets_the_output_so_far_and_can_skip_the_result(
+    host: LocalHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = run_function_sync(print_then_sleep, host, args=(1.5,), wait_for_result=False)
+    _wait_until(lambda: get_job_sync(handle.job_id, host).state == "running", 10, "the start")
+    time.sleep(0.5)  # the line is printed before anybody watches
+    with caplog.at_level(logging.INFO, logger="meadow"):
+        record = wait_for_job_sync(handle.job_id, host, fetch_result=False)
+    assert record.state == "succeeded" and record.num_done == 1
+    assert any(
+        r.getMessage() == "early line" and getattr(r, "meadow_job_id", None) == handle.job_id
+        for r in caplog.records
+    )
+
+
+def test_deterministic_job_ids_are_stable_and_readable() -> None:
+    first = deterministic_job_id("run-1", "step", 1, prefix="my dag.extract")
+    assert first == deterministic_job_id("run-1", "step", 1, prefix="my dag.extract")
+    assert first != deterministic_job_id("run-1", "step", 2, prefix="my dag.extract")
+    assert first.startswith("my-dag.extract-")
