@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     lock = filelock.FileLock(place.agent_lock_path)
     try:
-        lock.acquire(timeout=15)
+        # Only a moment: callers launch an agent only when the lock is free, so a taken
+        # lock means another agent serves this home and this one must not wait to take over.
+        lock.acquire(timeout=2)
     except filelock.Timeout:
         logging.getLogger("meadow.agent").info("another agent holds %s", place.agent_lock_path)
         sys.exit(0)

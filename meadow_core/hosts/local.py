@@ -219,55 +219,72 @@ class LocalHost(Host):
                 return False
 
     def start_agent(self) -> None:
-        """Start this home's agent unless one is already serving (blocking)."""
+        """Start this home's agent unless one is already serving (blocking).
+
+        An agent that is shutting down still holds the home's lock; a new one is
+        launched only once the lock is free, and an agent that finds the lock taken
+        exits at once, so two agents never serve one home and none takes over later.
+        """
         if self._agent_reachable():
             return
         with filelock.FileLock(self.place.spawn_lock_path, timeout=_AGENT_START_TIMEOUT):
-            if self._agent_reachable():
-                return
-            package_root = str(Path(meadow_core.__file__).resolve().parent.parent)
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (package_root, env.get("PYTHONPATH")) if p
-            )
-            command = [
-                sys.executable,
-                "-m",
-                "meadow_core.agent",
-                "--home",
-                str(self.place.home),
-                "--idle-timeout",
-                str(self.idle_timeout),
-                "--daemonize",
-            ]
-            if self.logical_cpu:
-                command += ["--cpu", str(self.logical_cpu)]
-            if self.memory_gb:
-                command += ["--memory-gb", str(self.memory_gb)]
-            with open(self.place.agent_log_path, "ab") as agent_log:
-                launcher = subprocess.run(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=agent_log,
-                    stderr=agent_log,
-                    env=env,
-                    start_new_session=True,
-                )
-            if launcher.returncode != 0:
-                raise AgentUnavailableError(
-                    f"the Meadow agent for {self.place.home} failed to start "
-                    f"(exit code {launcher.returncode}); its log ends with:\n"
-                    + _tail(self.place.agent_log_path)
-                )
             deadline = time.monotonic() + _AGENT_START_TIMEOUT
+            launched_at: float | None = None
             while time.monotonic() < deadline:
                 if self._agent_reachable():
                     return
+                relaunch = launched_at is None or time.monotonic() - launched_at > 5.0
+                if relaunch and self._agent_lock_free():
+                    self._launch_agent()
+                    launched_at = time.monotonic()
                 time.sleep(0.01)
         raise AgentUnavailableError(
             f"the Meadow agent for {self.place.home} did not start within "
             f"{_AGENT_START_TIMEOUT:g}s; its log ends with:\n" + _tail(self.place.agent_log_path)
         )
+
+    def _agent_lock_free(self) -> bool:
+        lock = filelock.FileLock(self.place.agent_lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        lock.release()
+        return True
+
+    def _launch_agent(self) -> None:
+        package_root = str(Path(meadow_core.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        command = [
+            sys.executable,
+            "-m",
+            "meadow_core.agent",
+            "--home",
+            str(self.place.home),
+            "--idle-timeout",
+            str(self.idle_timeout),
+            "--daemonize",
+        ]
+        if self.logical_cpu:
+            command += ["--cpu", str(self.logical_cpu)]
+        if self.memory_gb:
+            command += ["--memory-gb", str(self.memory_gb)]
+        with open(self.place.agent_log_path, "ab") as agent_log:
+            launcher = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=agent_log,
+                stderr=agent_log,
+                env=env,
+                start_new_session=True,
+            )
+        if launcher.returncode != 0:
+            raise AgentUnavailableError(
+                f"the Meadow agent for {self.place.home} failed to start "
+                f"(exit code {launcher.returncode}); its log ends with:\n"
+                + _tail(self.place.agent_log_path)
+            )
 
     def agent_pid(self) -> int | None:
         """The pid of the agent serving this home, if one runs."""

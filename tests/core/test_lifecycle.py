@@ -308,3 +308,22 @@ def test_deterministic_job_ids_are_stable_and_readable() -> None:
     assert first == deterministic_job_id("run-1", "step", 1, prefix="my dag.extract")
     assert first != deterministic_job_id("run-1", "step", 2, prefix="my dag.extract")
     assert first.startswith("my-dag.extract-")
+
+
+def test_a_second_agent_for_a_served_home_exits_instead_of_waiting(host: LocalHost) -> None:
+    first = run_function_sync(worker_identity, host)[1]
+    started = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "meadow_core.agent", "--home", str(host.place.home)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert second.returncode == 0 and time.monotonic() - started < 10
+    assert host.agent_pid() == first
+    agents = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "meadow_core.agent" in " ".join(p.info["cmdline"] or [])
+        and str(host.place.home) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert [p.pid for p in agents] == [first]
