@@ -1,0 +1,20 @@
+"""What Airflow's providers manager reads through the ``apache_airflow_provider`` entry point.
+
+Kept free of imports so that Airflow can read it while it is still starting up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Register ``@task.meadow``; ``package-name`` must equal the distribution (``meadow``)."""
+    return {
+        "package-name": "meadow",
+        "name": "Meadow",
+        "description": "Run Airflow tasks on machines Meadow provisions (LocalHost today).",
+        "task-decorators": [
+            {"name": "meadow", "class-name": "meadow_airflow.decorators.meadow_task"},
+        ],
+    }

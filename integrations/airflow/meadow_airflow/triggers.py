@@ -1,0 +1,57 @@
+"""``MeadowJobTrigger``: wait in the triggerer for a Meadow job, with async calls only.
+
+It imports nothing but ``meadow_core`` and Airflow's trigger base, so the triggerer can
+load it without the DAG's code. It does not hand the result over: the event says the job
+ended, and ``MeadowOperator.execute_complete`` reads the value and the log from Meadow's
+store on the worker, where the user's classes can be unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from meadow_airflow.hosts import host_from_spec
+from meadow_core import JobNotFoundError, cancel_job, wait_for_job
+
+
+class MeadowJobTrigger(BaseTrigger):
+    """Fires once the Meadow job ``job_id`` on the host described by ``host`` has ended."""
+
+    def __init__(self, job_id: str, host: dict[str, Any]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.job_id = job_id
+        self.host = host
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"job_id": self.job_id, "host": self.host},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait with ``wait_for_job``, which never cancels the job if the triggerer stops."""
+        event: dict[str, Any] = {"job_id": self.job_id, "status": "done"}
+        try:
+            # Nothing is unpickled here: the value is read on the worker, where the user's
+            # classes can be imported.
+            record = await wait_for_job(self.job_id, host_from_spec(self.host), fetch_result=False)
+            if record.state != "succeeded":
+                event["status"] = "failed"
+        except JobNotFoundError as exc:
+            event = {"job_id": self.job_id, "status": "error", "message": str(exc)}
+        except Exception as exc:
+            event = {
+                "job_id": self.job_id,
+                "status": "error",
+                "message": f"waiting for Meadow job {self.job_id} failed: {exc!r}",
+            }
+        yield TriggerEvent(event)  # type: ignore[no-untyped-call]
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task (mark failed/success, clear): cancel the job."""
+        with contextlib.suppress(JobNotFoundError):
+            await cancel_job(self.job_id, host_from_spec(self.host))
