@@ -1,1 +1,26 @@
-"""Meadow adapter for dagster: filled by its own issue."""
+"""Meadow adapter for Dagster: run ops on Meadow hosts, share outputs, run Pipes scripts.
+
+- ``meadow_executor``: each step runs on a Meadow host; its events come back through
+  Meadow and land in the run's event log, so no database is shared with the machine.
+- ``meadow_io_manager``: outputs in Meadow's object store, shared by all machines.
+- ``PipesMeadowClient``: run an external script on a Meadow host with Dagster Pipes.
+"""
+
+from meadow_dagster.executor import (
+    RESOURCES_TAG,
+    MeadowDagsterConfigError,
+    MeadowExecutor,
+    meadow_executor,
+)
+from meadow_dagster.io_manager import MeadowIOManager, meadow_io_manager
+from meadow_dagster.pipes import PipesMeadowClient
+
+__all__ = [
+    "RESOURCES_TAG",
+    "MeadowDagsterConfigError",
+    "MeadowExecutor",
+    "MeadowIOManager",
+    "PipesMeadowClient",
+    "meadow_executor",
+    "meadow_io_manager",
+]

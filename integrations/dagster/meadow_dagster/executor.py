@@ -1,0 +1,485 @@
+"""``meadow_executor``: run each step of a Dagster job on a Meadow host.
+
+The orchestrating process keeps the run: it decides which steps are ready, submits
+each one to Meadow as a function job (``_remote.execute_step``), and writes the
+events the step produced remotely into the run's event log. The remote side opens no
+Dagster instance storage of the orchestrator (see README.md, "no shared database").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from dagster import (
+    Field,
+    Map,
+    Noneable,
+    Selector,
+    executor,
+)
+from dagster import (
+    _check as check,
+)
+from dagster._core.definitions.executor_definition import ExecutorDefinition
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.errors import DagsterExecutionInterruptedError, DagsterInvariantViolationError
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.active import ActiveExecution
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.step import ExecutionStep
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.base import Executor
+from dagster._core.executor.init import InitExecutorContext
+from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._serdes import deserialize_value, serialize_value
+from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
+
+from meadow_core import (
+    Deployment,
+    Host,
+    LocalHost,
+    MeadowError,
+    Resources,
+    TaskException,
+    cancel_job_sync,
+    deterministic_job_id,
+    run_function_sync,
+)
+from meadow_dagster._remote import StepPayload, execute_step
+
+#: Op tag holding a step's Meadow resources, e.g. ``'{"logical_cpu": 2, "memory_gb": 4}'``.
+RESOURCES_TAG = "meadow/resources"
+
+_RESOURCE_FIELDS = ("logical_cpu", "memory_gb", "gpus", "gpu_memory", "max_eviction_rate")
+
+
+class MeadowDagsterConfigError(DagsterInvariantViolationError):
+    """The job cannot run on Meadow as configured; the message names the fix."""
+
+
+def _host_from_config(config: Mapping[str, Any]) -> Host:
+    """The host named by the executor's ``host`` selector (only ``local`` exists today)."""
+    local = config.get("local", {}) or {}
+    return LocalHost(
+        home=local.get("home"),
+        idle_timeout=local.get("idle_timeout", 300.0),
+        logical_cpu=local.get("logical_cpu"),
+        memory_gb=local.get("memory_gb"),
+    )
+
+
+def parse_resources(value: object, where: str) -> Resources:
+    """``Resources`` from an op tag value (JSON text or a mapping)."""
+    data: object = value
+    if isinstance(value, str):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise MeadowDagsterConfigError(
+                f"{where}: tag {RESOURCES_TAG!r} must be JSON such as "
+                f'\'{{"logical_cpu": 2, "memory_gb": 4}}\', got {value!r} ({exc})'
+            ) from exc
+    if not isinstance(data, dict) or set(data) - set(_RESOURCE_FIELDS):
+        raise MeadowDagsterConfigError(
+            f"{where}: tag {RESOURCES_TAG!r} must be a JSON object with keys among "
+            f"{', '.join(_RESOURCE_FIELDS)}; got {value!r}"
+        )
+    try:
+        return Resources(**data)
+    except (TypeError, ValueError) as exc:
+        raise MeadowDagsterConfigError(f"{where}: tag {RESOURCES_TAG!r}: {exc}") from exc
+
+
+class MeadowExecutor(Executor):
+    """Runs each ready step as one Meadow function job and relays its events."""
+
+    def __init__(
+        self,
+        host: Host,
+        retries: RetryMode,
+        default_resources: Resources | None,
+        environment_variables: Mapping[str, str],
+        max_concurrent: int,
+        timeout_seconds: float | None,
+        cancel_check_interval: float = 1.0,
+    ) -> None:
+        self.host = host
+        self._retries = retries
+        self.default_resources = default_resources
+        self.environment_variables = dict(environment_variables)
+        self.max_concurrent = max_concurrent
+        self.timeout_seconds = timeout_seconds
+        self.cancel_check_interval = cancel_check_interval
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._retries
+
+    # -- validation at run start --------------------------------------------------------
+
+    def step_resources(self, step: ExecutionStep) -> Resources | None:
+        """The step's resources: its ``meadow/resources`` tag, else the executor default."""
+        tag = step.tags.get(RESOURCES_TAG)
+        if tag is None:
+            return self.default_resources
+        return parse_resources(tag, f'op "{step.key}"')
+
+    def check_plan(self, execution_plan: ExecutionPlan) -> None:
+        """Fail before any step runs if a step asks for what the host can never give."""
+        for step in execution_plan.get_all_steps_in_topo_order():
+            resources = self.step_resources(step)
+            if resources is None:
+                continue
+            try:
+                self.host.check_resources(resources)
+            except MeadowError as exc:
+                raise MeadowDagsterConfigError(
+                    f'op "{step.key}": tag {RESOURCES_TAG!r} asks for {resources}, which '
+                    f"this Meadow host cannot provide: {exc}. Lower the op's "
+                    f"{RESOURCES_TAG} tag or pick a bigger host."
+                ) from exc
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[DagsterEvent]:
+        """Launch ready steps on Meadow, relay their events, fail crashed ones."""
+        check.inst_param(plan_context, "plan_context", PlanOrchestrationContext)
+        self.check_plan(execution_plan)
+        recon_job = plan_context.reconstructable_job
+        origin = serialize_value(recon_job.get_python_origin())
+        run_text = serialize_value(plan_context.dagster_run)
+        load_data = (
+            serialize_value(execution_plan.repository_load_data)
+            if execution_plan.repository_load_data is not None
+            else None
+        )
+        instance = plan_context.instance
+        run_id = plan_context.run_id
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Executing steps on Meadow host {self.host!r}",
+            event_specific_data=EngineEventData(),
+        )
+        finished: queue.Queue[tuple[str, str | BaseException]] = queue.Queue()
+        running: dict[str, str] = {}  # step key -> Meadow job id
+        stopping = False
+        last_cancel_check = time.monotonic()
+        with (
+            InstanceConcurrencyContext(instance, plan_context.dagster_run) as concurrency,
+            ActiveExecution(
+                execution_plan,
+                retry_mode=self.retries,
+                max_concurrent=self.max_concurrent,
+                instance_concurrency_context=concurrency,
+            ) as active,
+        ):
+            try:
+                while (not stopping and not active.is_complete) or running:
+                    if not stopping and (
+                        active.check_for_interrupts()
+                        or self._run_canceling(plan_context, last_cancel_check)
+                    ):
+                        stopping = True
+                        active.mark_interrupted()
+                        yield DagsterEvent.engine_event(
+                            plan_context,
+                            "Run termination requested: cancelling Meadow jobs "
+                            + ", ".join(sorted(running.values())),
+                            EngineEventData.interrupted(list(running)),
+                        )
+                        self._cancel_all(running)
+                    if time.monotonic() - last_cancel_check > self.cancel_check_interval:
+                        last_cancel_check = time.monotonic()
+
+                    while not stopping:
+                        steps = active.get_steps_to_execute(
+                            limit=self.max_concurrent - len(running)
+                        )
+                        yield from active.concurrency_event_iterator(plan_context)
+                        if not steps:
+                            break
+                        for step in steps:
+                            yield from self._launch(
+                                plan_context,
+                                active,
+                                step,
+                                origin,
+                                run_text,
+                                load_data,
+                                finished,
+                                running,
+                            )
+
+                    try:
+                        key, outcome = finished.get(timeout=0.2 if running else 0.01)
+                    except queue.Empty:
+                        yield from active.plan_events_iterator(plan_context)
+                        continue
+                    running.pop(key, None)
+                    if not stopping:
+                        yield from self._finish(plan_context, active, key, outcome, run_id)
+                    active.verify_complete(plan_context, key)
+                    yield from active.plan_events_iterator(plan_context)
+            except BaseException:
+                if running:
+                    self._cancel_all(running)
+                raise
+            if stopping:
+                yield DagsterEvent.engine_event(
+                    plan_context, "Meadow executor: cancelled all running steps", EngineEventData()
+                )
+                raise DagsterExecutionInterruptedError()
+
+    def _run_canceling(self, plan_context: PlanOrchestrationContext, last_check: float) -> bool:
+        """Whether someone asked to terminate the run (polled once per interval)."""
+        if time.monotonic() - last_check <= self.cancel_check_interval:
+            return False
+        run = plan_context.instance.get_run_by_id(plan_context.run_id)
+        return run is not None and run.status in (
+            DagsterRunStatus.CANCELING,
+            DagsterRunStatus.CANCELED,
+        )
+
+    def _cancel_all(self, running: Mapping[str, str]) -> None:
+        for job_id in list(running.values()):
+            with contextlib.suppress(MeadowError):
+                cancel_job_sync(job_id, self.host)
+
+    def _launch(
+        self,
+        plan_context: PlanOrchestrationContext,
+        active: ActiveExecution,
+        step: ExecutionStep,
+        origin: str,
+        run_text: str,
+        load_data: str | None,
+        finished: queue.Queue[tuple[str, str | BaseException]],
+        running: dict[str, str],
+    ) -> Iterator[DagsterEvent]:
+        known_state = active.get_known_state()
+        attempt = known_state.get_retry_state().get_attempt_count(step.key)
+        job_id = deterministic_job_id(plan_context.run_id, step.key, attempt)
+        payload = StepPayload(
+            job_origin=origin,
+            dagster_run=run_text,
+            step_key=step.key,
+            known_state=serialize_value(known_state),
+            retry_mode=self.retries.value,
+            repository_load_data=load_data,
+        )
+        resources = self.step_resources(step)
+        step_context = plan_context.for_step(step)
+        event = DagsterEvent.step_worker_starting(
+            step_context,
+            f'Launching step "{step.key}" on Meadow (job {job_id}, resources {resources}).',
+            metadata={"meadow_job_id": job_id},
+        )
+        yield event
+        active.handle_event(event)
+        running[step.key] = job_id
+
+        def run() -> None:
+            try:
+                result: str = run_function_sync(
+                    execute_step,
+                    self.host,
+                    resources,
+                    Deployment(environment_variables=self.environment_variables),
+                    args=(payload,),
+                    job_id=job_id,
+                    timeout_seconds=self.timeout_seconds,
+                )
+                finished.put((step.key, result))
+            except BaseException as exc:  # delivered to the executor loop
+                finished.put((step.key, exc))
+
+        threading.Thread(target=run, name=f"meadow-step-{step.key}", daemon=True).start()
+
+    def _finish(
+        self,
+        plan_context: PlanOrchestrationContext,
+        active: ActiveExecution,
+        key: str,
+        outcome: str | BaseException,
+        run_id: str,
+    ) -> Iterator[DagsterEvent]:
+        """Write the remote step's events into the run, or fail the step if it died."""
+        step_context = plan_context.for_step(active.get_step_by_key(key))
+        if isinstance(outcome, str):
+            entries: list[EventLogEntry] = deserialize_value(outcome, list)  # type: ignore[arg-type]
+            for entry in entries:
+                if entry.run_id != run_id or _is_remote_only(entry):
+                    continue
+                plan_context.instance.handle_new_event(entry)
+                event = entry.dagster_event
+                if event is not None:
+                    yield event
+                    active.handle_event(event)
+            return
+        error = _error_info(outcome)
+        yield DagsterEvent.engine_event(
+            step_context,
+            f'Meadow job for step "{key}" did not return: {error.message}',
+            EngineEventData.engine_error(error),
+        )
+        failure = self.log_failure_or_retry_event_after_error(
+            step_context, error, active.get_known_state()
+        )
+        active.handle_event(failure)
+        yield failure
+
+
+def _is_remote_only(entry: EventLogEntry) -> bool:
+    """Events that point at the remote throwaway instance (its captured-log keys)."""
+    event = entry.dagster_event
+    return event is not None and event.event_type_value == "LOGS_CAPTURED"
+
+
+def _error_info(exc: BaseException) -> SerializableErrorInfo:
+    """A Dagster error carrying the remote type and traceback when there is one."""
+    if isinstance(exc, TaskException):
+        stack = exc.remote_traceback.splitlines(keepends=True) if exc.remote_traceback else []
+        return SerializableErrorInfo(
+            message=f"{exc.remote_type}: {exc.remote_message}\n",
+            stack=stack,
+            cls_name=exc.remote_type,
+        )
+    try:
+        raise exc
+    except BaseException:
+        return serializable_error_info_from_exc_info(sys.exc_info())
+
+
+# -- the executor definition ------------------------------------------------------------
+
+
+_HOST_SCHEMA = Selector(
+    {
+        "local": Field(
+            {
+                "home": Field(
+                    Noneable(str),
+                    default_value=None,
+                    description="LocalHost home directory (default $MEADOW_HOME).",
+                ),
+                "idle_timeout": Field(float, default_value=300.0),
+                "logical_cpu": Field(Noneable(float), default_value=None),
+                "memory_gb": Field(Noneable(float), default_value=None),
+            },
+            is_required=False,
+        )
+    }
+)
+
+
+def _is_shareable(resource_def: object) -> bool:
+    """Whether an IO manager stores outputs where every Meadow machine reaches them."""
+    from meadow_dagster.io_manager import MeadowIOManager
+
+    cls = getattr(resource_def, "configurable_resource_cls", None) or type(resource_def)
+    return isinstance(cls, type) and issubclass(cls, MeadowIOManager)
+
+
+def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
+    """Everything that can be rejected before the run starts, each naming its fix."""
+    if init_context.instance.is_ephemeral:
+        raise MeadowDagsterConfigError(
+            "meadow_executor needs a persistent DagsterInstance to record the run: set "
+            "$DAGSTER_HOME, or pass instance=DagsterInstance.get() (or "
+            "DagsterInstance.local_temp(dir)) to execute_job."
+        )
+    job = init_context.job
+    if not isinstance(job, ReconstructableJob):
+        raise MeadowDagsterConfigError(
+            f'meadow_executor must be able to load job "{job.get_definition().name}" on '
+            "another machine: run it with execute_job(reconstructable(my_job), ...) or "
+            "from a code location (dagster dev -f / -m), not with a JobDefinition object."
+        )
+    job_def = job.get_definition()
+    for op_def in job_def.graph.iterate_op_defs():
+        for output_def in op_def.output_defs:
+            if output_def.dagster_type.is_nothing:
+                continue
+            key = output_def.io_manager_key
+            if key in shareable:
+                continue
+            resource_def = job_def.resource_defs.get(key)
+            if _is_shareable(resource_def):
+                continue
+            name = type(resource_def).__name__ if resource_def is not None else "none"
+            raise MeadowDagsterConfigError(
+                f'output "{output_def.name}" of op "{op_def.name}" uses IO manager "{key}" '
+                f"({name}), which steps on other Meadow machines cannot share. Use "
+                f'resource_defs={{"{key}": meadow_io_manager}} (from meadow_dagster), or list '
+                f'"{key}" in the executor\'s shareable_io_managers if its storage is reachable '
+                "from every machine (e.g. S3)."
+            )
+
+
+@executor(
+    name="meadow",
+    config_schema={
+        "host": Field(_HOST_SCHEMA, default_value={"local": {}}),
+        "logical_cpu": Field(
+            Noneable(float), default_value=None, description="Default CPUs per step."
+        ),
+        "memory_gb": Field(
+            Noneable(float), default_value=None, description="Default memory (GB) per step."
+        ),
+        "environment_variables": Field(Map(str, str), default_value={}),
+        "max_concurrent": Field(Noneable(int), default_value=None),
+        "timeout_seconds": Field(Noneable(float), default_value=None),
+        "shareable_io_managers": Field(
+            [str],
+            default_value=[],
+            description="IO manager keys whose storage every Meadow machine reaches.",
+        ),
+        "retries": get_retries_config(),
+    },
+    requirements=[],
+)
+def meadow_executor(init_context: InitExecutorContext) -> Executor:
+    """Run every step of the job on a Meadow host (LocalHost by default).
+
+    Per-op resources come from the op tag ``meadow/resources``; outputs must go through
+    an IO manager all machines share (``meadow_io_manager``).
+    """
+    config = init_context.executor_config
+    _check_job(init_context, list(config["shareable_io_managers"]))  # type: ignore[call-overload]
+    host = _host_from_config(config["host"])  # type: ignore[arg-type]
+    default = None
+    if config["logical_cpu"] is not None or config["memory_gb"] is not None:
+        try:
+            default = Resources(
+                logical_cpu=config["logical_cpu"],  # type: ignore[arg-type]
+                memory_gb=config["memory_gb"],  # type: ignore[arg-type]
+            )
+            host.check_resources(default)
+        except (MeadowError, ValueError) as exc:
+            raise MeadowDagsterConfigError(
+                f"meadow_executor's logical_cpu/memory_gb cannot be provided: {exc}"
+            ) from exc
+    max_concurrent = config["max_concurrent"] or 64
+    return MeadowExecutor(
+        host=host,
+        retries=RetryMode.from_config(config["retries"]),  # type: ignore[arg-type]
+        default_resources=default,
+        environment_variables=config["environment_variables"],  # type: ignore[arg-type]
+        max_concurrent=int(max_concurrent),  # type: ignore[call-overload]
+        timeout_seconds=config["timeout_seconds"],  # type: ignore[arg-type]
+    )
+
+
+assert isinstance(meadow_executor, ExecutorDefinition)

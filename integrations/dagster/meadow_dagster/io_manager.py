@@ -1,0 +1,106 @@
+"""``meadow_io_manager``: step outputs kept in Meadow's object store.
+
+A step on one machine writes its outputs where a step on another machine (and the
+orchestrating process, for ``output_for_node``) can read them: the object store of
+the Meadow host. For ``LocalHost`` that is ``<home>/store/<prefix>/...``; inside a
+Meadow task the task's own store is used when the core offers it
+(``meadow_core.current_task().store``), so the same code works on cloud hosts.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from typing import Any
+
+import cloudpickle
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+from pydantic import Field
+
+from meadow_core import LocalHost
+
+
+class _Store:
+    """The smallest store interface used here: put, get, exists."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def put(self, key: str, data: bytes) -> None:
+        self.backend.put(key, data)
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.backend.get(key))
+
+    def exists(self, key: str) -> bool:
+        return bool(self.backend.exists(key))
+
+
+def object_store(home: str | None) -> _Store:
+    """The Meadow object store to use here: the task's own, else LocalHost's at ``home``."""
+    import meadow_core
+
+    current_task = getattr(meadow_core, "current_task", None)
+    if current_task is not None:
+        try:
+            task = current_task()
+        except Exception:  # outside a task: use the host's store below
+            task = None
+        store = getattr(task, "store", None)
+        if store is not None:
+            return _Store(store)
+    # LocalHost's store is a directory under its home; reaching it needs no agent.
+    return _Store(LocalHost(home=home).place.store)
+
+
+class MeadowIOManager(ConfigurableIOManager):
+    """Pickles outputs into the Meadow object store so steps on any machine share them.
+
+    Keys are ``<prefix>/<run id>/<step>/<output>`` for ops and
+    ``<prefix>/assets/<asset key path>`` for assets, so a later run loads an asset
+    materialized by an earlier one.
+    """
+
+    home: str | None = Field(
+        default=None, description="LocalHost home (default $MEADOW_HOME); unused in a task."
+    )
+    prefix: str = Field(default="dagster", description="Key prefix inside the store.")
+
+    def _key(self, context: InputContext | OutputContext) -> str:
+        if isinstance(context, InputContext) and not context.has_asset_key:
+            # Loading an output for inspection (output_for_node): key by its producer.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # dagster#7900: fine for a key lookup
+                upstream = context.upstream_output
+                if upstream is not None:
+                    return self._key(upstream)
+        if context.has_asset_key:
+            parts = ["assets", *context.get_asset_identifier()]
+        else:
+            parts = list(context.get_identifier())
+        clean = [str(p).replace("/", "_").replace("..", "_") for p in parts]
+        return "/".join([self.prefix, *clean])
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if context.dagster_type.is_nothing:
+            return
+        key = self._key(context)
+        data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        object_store(self.home).put(key, data)
+        context.add_output_metadata({"meadow_key": key, "bytes": len(data)})
+
+    def load_input(self, context: InputContext) -> Any:
+        if context.dagster_type.is_nothing:
+            return None
+        key = self._key(context)
+        store = object_store(self.home)
+        if not store.exists(key):
+            raise FileNotFoundError(
+                f"no output stored under {key!r} in the Meadow object store; did the "
+                "upstream step use meadow_io_manager with the same home and prefix?"
+            )
+        return pickle.loads(store.get(key))
+
+
+#: The ready-made resource: ``resource_defs={"io_manager": meadow_io_manager}``.
+meadow_io_manager = MeadowIOManager()

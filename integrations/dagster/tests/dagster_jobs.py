@@ -1,0 +1,216 @@
+"""Jobs the tests run with ``execute_job(reconstructable(...))``.
+
+They live in an importable module (not in the test files) because the remote side
+reloads the job from its code origin, as a real Dagster deployment does.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from dagster import (
+    In,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    RetryPolicy,
+    fs_io_manager,
+    job,
+    op,
+)
+from meadow_dagster import RESOURCES_TAG, meadow_executor, meadow_io_manager
+
+RESOURCES = {"io_manager": meadow_io_manager}
+
+
+@op
+def make_numbers(context: OpExecutionContext) -> list[int]:
+    context.log.info(f"making numbers in pid {os.getpid()}")
+    return [1, 2, 3]
+
+
+@op
+def double(numbers: list[int]) -> list[int]:
+    print("doubling on the remote side")
+    return [n * 2 for n in numbers]
+
+
+@op
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def pipeline_job() -> None:
+    total(double(make_numbers()))
+
+
+# -- resources ----------------------------------------------------------------------------
+
+
+@op(tags={RESOURCES_TAG: json.dumps({"logical_cpu": 2, "memory_gb": 1.5})})
+def big_step() -> dict[str, str]:
+    return {"pid": str(os.getpid())}
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def resources_job() -> None:
+    big_step()
+
+
+@op(tags={RESOURCES_TAG: json.dumps({"logical_cpu": 4096})})
+def impossible_step() -> int:
+    return 1
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def impossible_job() -> None:
+    impossible_step()
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+class PipelineBroke(Exception):
+    pass
+
+
+def _explode(x: int) -> None:
+    raise PipelineBroke(f"remote op failed on purpose with {x}")
+
+
+@op
+def failing_step(context: OpExecutionContext) -> int:
+    context.log.info("about to fail")
+    _explode(42)
+    return 0
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def failing_job() -> None:
+    failing_step()
+
+
+@op
+def killed_step() -> int:
+    print("killing my own worker", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+@op
+def after_killed(x: int) -> int:
+    return x
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def killed_job() -> None:
+    after_killed(killed_step())
+
+
+@op(retry_policy=RetryPolicy(max_retries=2))
+def flaky_step(context: OpExecutionContext) -> int:
+    marker = Path(os.environ["MEADOW_DAGSTER_TEST_DIR"]) / "flaky-attempts"
+    attempts = int(marker.read_text()) + 1 if marker.exists() else 1
+    marker.write_text(str(attempts))
+    context.log.info(f"flaky attempt {attempts} (dagster retry {context.retry_number})")
+    if attempts < 3:
+        raise RuntimeError(f"flaky failure {attempts}")
+    return attempts
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def flaky_job() -> None:
+    flaky_step()
+
+
+@op(retry_policy=RetryPolicy(max_retries=1))
+def crash_once() -> str:
+    marker = Path(os.environ["MEADOW_DAGSTER_TEST_DIR"]) / "crashed-once"
+    if not marker.exists():
+        marker.write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def crash_once_job() -> None:
+    crash_once()
+
+
+@op
+def slow_step() -> int:
+    marker = Path(os.environ["MEADOW_DAGSTER_TEST_DIR"]) / "slow-started"
+    marker.write_text(str(os.getpid()))
+    time.sleep(120)
+    return 1
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def slow_job() -> None:
+    slow_step()
+
+
+# -- no shared database -------------------------------------------------------------------
+
+
+@op
+def inspect_environment(context: OpExecutionContext) -> dict[str, object]:
+    """What the remote side can see of the orchestrator's instance directory."""
+    instance_dir = os.environ["MEADOW_DAGSTER_TEST_HIDDEN_DIR"]
+    # The test harness (not the executor) names the directory so this op can look; that
+    # one variable is left out of the comparison below.
+    env = {k: v for k, v in os.environ.items() if k != "MEADOW_DAGSTER_TEST_HIDDEN_DIR"}
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    try:
+        listing: list[str] | None = sorted(os.listdir(instance_dir))
+    except OSError:
+        listing = None
+    context.log.info(f"remote view of the instance directory: {listing}")
+    return {
+        "cwd": os.getcwd(),
+        "env_mentions": sorted(k for k, v in env.items() if instance_dir in v),
+        "open_files": [f for f in fds if f.startswith(instance_dir)],
+        "listing": listing,
+        "pid": os.getpid(),
+    }
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def isolation_job() -> None:
+    inspect_environment()
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@op
+def local_output() -> int:
+    return 1
+
+
+@job(executor_def=meadow_executor, resource_defs={"io_manager": fs_io_manager})
+def fs_io_job() -> None:
+    local_output()
+
+
+@op(out=Out(Nothing))
+def side_effect_only() -> None:
+    pass
+
+
+@op(ins={"after": In(Nothing)})
+def after_side_effect() -> None:
+    pass
+
+
+@job(executor_def=meadow_executor)
+def nothing_outputs_job() -> None:
+    """Default IO manager, but nothing crosses machines: allowed."""
+    after_side_effect(side_effect_only())
