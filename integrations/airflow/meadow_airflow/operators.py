@@ -143,7 +143,7 @@ class MeadowOperator(BaseOperator):
     :param timeout_seconds: Meadow kills the remote task after this many seconds.
     :param deferrable: free the worker slot while a trigger waits for the job.
     :param durable: keep the job id in ``task_state_store`` so that a retry after the
-        loss of the worker reattaches (as ``ResumableJobMixin``); costs two API calls.
+        loss of the worker reattaches (as ``ResumableJobMixin``); costs one API call.
     :param aws_conn_id: Airflow connection holding AWS credentials for AWS hosts; checked
         to exist now, used once the AWS host (``AllocEC2Instance``) lands.
     :param region_name: AWS region for AWS hosts (same caveat).
@@ -305,9 +305,10 @@ class MeadowOperator(BaseOperator):
         Decision: the job id includes the try number, so a retry after a *remote* failure
         runs the code again. The job id of the try in flight is also kept in
         ``task_state_store``; a later try (the worker died, or Airflow lost the task)
-        finds it there and reattaches if it is still queued or running, or takes its
-        result if it succeeded. The key is deleted once a try has its outcome, so
-        clearing a finished task runs it again instead of replaying the old result.
+        finds it there and reattaches while it is still queued or running. A job that
+        already ended is never reused by a later try, so clearing a finished task runs
+        it again; that rule needs no second call to delete the key, which halves the
+        operator's overhead.
         """
         job_id = self.job_id_for(context)
         store = context.get("task_state_store") if self.durable else None
@@ -319,7 +320,7 @@ class MeadowOperator(BaseOperator):
             state = self._state(candidate, host)
             if state is None:
                 continue
-            if candidate == job_id or state in _ACTIVE or state == "succeeded":
+            if candidate == job_id or state in _ACTIVE:
                 self.log.info(
                     "Reattaching to Meadow job %s (%s) launched by %s, instead of launching "
                     "a second one",
@@ -369,11 +370,6 @@ class MeadowOperator(BaseOperator):
         except (InvalidRequestError, NotImplementedError) as exc:
             # Refused before anything ran (unpicklable argument, unsupported deployment).
             raise self._bad(f"Meadow refused the job: {type(exc).__name__}: {exc}") from None
-
-    def _forget(self, context: Context) -> None:
-        store = context.get("task_state_store") if self.durable else None
-        if store is not None:
-            store.delete(STATE_KEY)
 
     # -- execution --------------------------------------------------------------------
 
@@ -444,7 +440,6 @@ class MeadowOperator(BaseOperator):
         try:
             value = wait()
         except TaskException as exc:
-            self._forget(context)
             if exc.remote_type == "meadow.ResultNotUnpicklable":
                 # The value exists, this worker cannot rebuild it: it stays in Meadow.
                 self._copy_log_unless_streamed(job_id, host, streamed)
@@ -468,7 +463,6 @@ class MeadowOperator(BaseOperator):
             ) from None
         except MeadowError as exc:
             raise MeadowRemoteError(f"Meadow job {job_id}: {type(exc).__name__}: {exc}") from None
-        self._forget(context)
         if isinstance(value, JobCompletion):
             if streamed is None or not streamed.lines:
                 for line in value.log.splitlines():
