@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import env_tasks
@@ -26,12 +25,6 @@ from meadow_core import (
 )
 from meadow_core.code_snapshot import build_snapshot, upload_snapshot
 from meadow_core.transport.local import LocalObjectStore
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHost]:
-    with managed_host(tmp_path_factory.mktemp("meadow")) as h:
-        yield h
 
 
 def _project(root: Path, module: str) -> Path:

@@ -16,13 +16,6 @@ from meadow_core import (
     run_map_sync,
 )
 
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory):
-    with managed_host(tmp_path_factory.mktemp("meadow")) as h:
-        yield h
-
-
 # -- validation -----------------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ import uuid
 
 import psutil
 import pytest
-from tasks import managed_host
 
 from meadow_core import (
     Deployment,
@@ -22,12 +21,6 @@ from meadow_core import (
     run_command,
     run_command_sync,
 )
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory):
-    with managed_host(tmp_path_factory.mktemp("meadow")) as h:
-        yield h
 
 
 def _sleeps(duration: str, since: float) -> list[psutil.Process]:

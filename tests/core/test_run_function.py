@@ -31,12 +31,6 @@ from meadow_core import (
 )
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory):
-    with managed_host(tmp_path_factory.mktemp("meadow")) as h:
-        yield h
-
-
 def _job_ids(host: LocalHost) -> list[str]:
     return [record.job_id for record in host.place.queue.list_jobs(limit=10_000)]
 

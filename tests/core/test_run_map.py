@@ -32,12 +32,6 @@ from meadow_core import (
 )
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory):
-    with managed_host(tmp_path_factory.mktemp("meadow")) as h:
-        yield h
-
-
 def _by_task(results: list[TaskResult[object]]) -> dict[int, TaskResult[object]]:
     by_task = {r.task_id: r for r in results}
     assert len(by_task) == len(results), "a task was reported twice"

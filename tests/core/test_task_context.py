@@ -4,7 +4,6 @@ and how long finished jobs are kept."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from meadow_core import (
     run_map_sync,
 )
 from meadow_core._portal import portal
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHost]:
-    with managed_host(tmp_path_factory.mktemp("meadow")) as h:
-        yield h
 
 
 def test_current_task_is_none_outside_meadow() -> None:
