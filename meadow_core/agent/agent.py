@@ -243,7 +243,11 @@ class Agent:
             # carry the caller's watch, registered before the job can start.
             job_id = message.get("job_id")
             if job_id and "logs" in message:
-                self._watch(client, job_id, bool(message["logs"]), new=True)
+                if message.get("created"):
+                    # Just created by this caller: nothing is stored or running to replay.
+                    client.watching[job_id] = bool(message["logs"])
+                else:
+                    self._watch(client, job_id, bool(message["logs"]), new=True)
             if job_id:
                 self.more_queued[job_id] = True
                 self.buffers.setdefault(job_id, deque())
@@ -483,7 +487,6 @@ class Agent:
     def _release_worker(self, worker: Worker) -> None:
         self.worker_tasks.pop(worker, None)
         worker.forget_output()
-        worker.busy = False
         if worker.alive and not self.stopping.is_set():
             worker.idle_since = time.monotonic()
             self.idle_workers.setdefault(worker.environment.key, []).append(worker)
@@ -521,7 +524,6 @@ class Agent:
                 running, protocol.CRASHED, error=["meadow.WorkerStartFailed", str(exc), ""]
             )
             return
-        worker.busy = True
         self.worker_tasks[worker] = deque()
         try:
             self._hand_to(worker, running)

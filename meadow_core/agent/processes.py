@@ -163,7 +163,6 @@ class Worker:
         self.writer = writer
         self.functions: OrderedDict[str, None] = OrderedDict()
         self.idle_since = time.monotonic()
-        self.busy = False
         self._queued: deque[tuple[str, LineSink, asyncio.Event]] = deque()
         assert process.stdout is not None
         self.pump = OutputPump(process.stdout, self._marker_seen)

@@ -164,10 +164,10 @@ class _Connection:
                 with contextlib.suppress(Exception):
                     self._send({"op": "unwatch", "job_id": job_id})
 
-    async def ring(self, job_id: str) -> None:
+    async def ring(self, job_id: str, created: bool) -> None:
         """Tell the agent a job was submitted, registering a pending watch with it."""
         await self.ensure()  # a fresh connection must not re-send this watch on its own
-        message: dict[str, Any] = {"op": "submitted", "job_id": job_id}
+        message: dict[str, Any] = {"op": "submitted", "job_id": job_id, "created": created}
         logs = self.pending_watches.pop(job_id, None)
         if logs is not None:
             message["logs"] = logs
@@ -360,7 +360,7 @@ class LocalHost(Host):
 
         big = len(tasks) > 100 or len(objects) > 10
         created = await asyncio.to_thread(write) if big else write()
-        await self._connection().ring(spec.job_id)
+        await self._connection().ring(spec.job_id, created)
         return created
 
     def watch(

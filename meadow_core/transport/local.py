@@ -160,12 +160,6 @@ class SqliteJobQueue(JobQueue):
             self._local.pid = os.getpid()
         return db
 
-    def close(self) -> None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db()
