@@ -43,7 +43,12 @@ def cache_entries(place: LocalPlace) -> list[CacheEntry]:
             for path in folder.iterdir():
                 if path.is_dir() and not path.name.startswith("."):
                     entries.append(CacheEntry(kind, path.name, path, _size(path), _last_used(path)))
-    for kind, prefix in (("stored environment", "envs/packed"), ("stored code", "code/files")):
+    stored = (
+        ("stored environment", "envs/packed"),
+        ("stored code", "code/files"),
+        ("stored code", "code/chunks"),
+    )
+    for kind, prefix in stored:
         folder = place.store.root / prefix
         if folder.is_dir():
             for path in folder.iterdir():

@@ -968,7 +968,7 @@ class Agent:
         for key in [k for k in in_use if k.startswith("code/manifests/")]:
             with contextlib.suppress(OSError):
                 manifest = CodeSnapshot.from_manifest(self.store.get(key))
-                in_use.update(f"code/files/{f.digest}" for f in manifest.files)
+                in_use.update(manifest.object_keys())
         for prefix in ("functions", "args", "code"):
             self.store.prune_older_than(prefix, self.retention_seconds, keep=frozenset(in_use))
 
