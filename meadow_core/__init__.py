@@ -40,8 +40,15 @@ from meadow_core.errors import (
 )
 from meadow_core.hosts import Host, LocalHost
 from meadow_core.interpreters import (
+    MEADOW_INTERPRETER,
+    CondaEnvironmentFile,
+    InterpreterSpecFile,
+    LocalCondaInterpreter,
+    LocalInterpreter,
     LocalPipInterpreter,
     PipRequirementsFile,
+    PoetryProjectPath,
+    PreinstalledInterpreter,
     UvProjectPath,
 )
 from meadow_core.protocol import JobRecord
@@ -52,26 +59,39 @@ from meadow_core.results import (
     TaskException,
     TaskResult,
 )
+from meadow_core.secrets import AwsSecret, AzureSecret, EnvironmentSecret, FileSecret, Secret
 from meadow_core.task_context import TaskContext, current_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MEADOW_INTERPRETER",
     "AgentUnavailableError",
+    "AwsSecret",
+    "AzureSecret",
+    "CondaEnvironmentFile",
     "Deployment",
+    "EnvironmentSecret",
+    "FileSecret",
     "Host",
+    "InterpreterSpecFile",
     "InvalidRequestError",
     "JobCancelledError",
     "JobCompletion",
     "JobHandle",
     "JobNotFoundError",
     "JobRecord",
+    "LocalCondaInterpreter",
     "LocalHost",
+    "LocalInterpreter",
     "LocalPipInterpreter",
     "MeadowError",
     "PipRequirementsFile",
+    "PoetryProjectPath",
+    "PreinstalledInterpreter",
     "Resources",
     "RunMapTasksFailedException",
+    "Secret",
     "SerializationError",
     "TaskContext",
     "TaskException",

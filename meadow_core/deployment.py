@@ -1,10 +1,12 @@
 """``Deployment``: the code and Python environment a job runs with.
 
-Built so far: ``mirror_local`` with the caller's own interpreter (its ``sys.path`` in
-place, or a content-addressed snapshot of its code), or with an environment built from
-a requirements file, a uv project or a local pip interpreter; ``environment_variables``.
-Conda, poetry, git repositories and containers are still to come: those raise
-``NotImplementedError``.
+``mirror_local`` runs with the caller's own interpreter (its ``sys.path`` in place, or a
+content-addressed snapshot of its code), or with an environment built from a
+requirements file, a uv or poetry project, a local pip interpreter, or an interpreter
+preinstalled on the machine (``interpreters``). ``git_repo`` ships one commit of a
+repository, fetched on the caller (with an SSH key from a ``secrets.Secret`` if it is
+private). ``preinstalled_interpreter`` runs an interpreter the machine already has.
+Conda environments are refused on the caller with what to use instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 from meadow_core.code_snapshot import DEFAULT_EXTENSIONS, code_roots_of_sys_path
 from meadow_core.errors import InvalidRequestError
 from meadow_core.git_source import checkout
-from meadow_core.interpreters import EnvironmentSpec, InterpreterSpec
+from meadow_core.interpreters import (
+    MEADOW_INTERPRETER,
+    EnvironmentSpec,
+    InterpreterSpec,
+    LocalInterpreter,
+    PreinstalledInterpreter,
+)
+from meadow_core.secrets import Secret
 
 _NOT_YET = (
     "is not implemented yet: Meadow currently runs tasks with the caller's own interpreter, "
@@ -76,7 +85,8 @@ class Deployment:
             if not isinstance(interpreter, InterpreterSpec):
                 raise NotImplementedError(
                     f"mirror_local(interpreter={type(interpreter).__name__}(...)) {_NOT_YET}; "
-                    "PipRequirementsFile, UvProjectPath and LocalPipInterpreter work"
+                    "PipRequirementsFile, UvProjectPath, PoetryProjectPath, "
+                    "LocalPipInterpreter and PreinstalledInterpreter work"
                 )
             environment = interpreter.environment_spec()
         env = dict(environment_variables or {})
@@ -117,7 +127,7 @@ class Deployment:
         path_to_source: str | None = None,
         interpreter: Any = None,
         environment_variables: Mapping[str, str] | None = None,
-        ssh_key_secret: Any = None,
+        ssh_key_secret: Secret | None = None,
         editable_install: bool = True,
     ) -> Deployment:
         """The code of one commit of a git repository (``branch`` defaults to ``main``).
@@ -125,15 +135,25 @@ class Deployment:
         The branch is resolved here, once, so every task runs the same commit; the
         commit's files ship as a code snapshot with the repository root as working
         directory and ``path_to_source`` (default: the root) on ``sys.path``. An
-        ``interpreter`` file path (requirements, uv project) is read from the
-        repository. The caller's own git credentials are used.
+        ``interpreter`` file path (requirements, uv or poetry project) is read from the
+        repository. The caller's own git credentials are used, or only the private key
+        of ``ssh_key_secret`` (e.g. ``FileSecret("~/.ssh/deploy_key")``).
+
+        ``editable_install`` (decision): the repository's own package is importable
+        from ``path_to_source`` either way, which is what an editable install gives
+        imports; it is not pip-installed, so its entry points and
+        ``importlib.metadata`` are not there. Local ``-e ./path`` lines of a
+        requirements file are dropped in both cases, since that code travels as code.
         """
-        if ssh_key_secret is not None:
-            raise NotImplementedError(
-                "ssh_key_secret is not needed: the repository is fetched on the caller with "
-                "its own git credentials (ssh agent, credential helper)"
+        if not isinstance(editable_install, bool):
+            raise InvalidRequestError("editable_install must be True or False")
+        if isinstance(interpreter, LocalInterpreter):
+            raise InvalidRequestError(
+                f"git_repo(interpreter={type(interpreter).__name__}(...)): a local "
+                "interpreter describes this machine, not the repository; use a file from the "
+                "repository (PipRequirementsFile, UvProjectPath, PoetryProjectPath)"
             )
-        export, _ = checkout(repo_url, branch, commit)
+        export, _ = checkout(repo_url, branch, commit, ssh_key_secret)
         source = export / (path_to_source or "")
         if not source.is_dir():
             raise InvalidRequestError(
@@ -156,15 +176,67 @@ class Deployment:
         )
 
     @classmethod
-    def container_image(cls, repository: str, *args: Any, **kwargs: Any) -> Deployment:
-        raise NotImplementedError(f"Deployment.container_image {_NOT_YET}")
+    def container_image(
+        cls,
+        repository: str,
+        tag: str = "latest",
+        username_password_secret: Secret | None = None,
+        environment_variables: Mapping[str, str] | None = None,
+    ) -> Deployment:
+        """Run in the image ``repository:tag``, with its own code and libraries (its
+        ``python3`` must be the caller's minor version; Meadow mounts its own worker
+        runtime). The tag is resolved to a digest when a job is submitted: a missing
+        image fails then, before anything runs, and every task runs the same image."""
+        from meadow_core.container_interpreters import ContainerInterpreter
+
+        spec = ContainerInterpreter(repository, tag, username_password_secret).environment_spec()
+        return cls(
+            kind="container_image",
+            environment_variables=dict(environment_variables or {}),
+            environment=spec,
+        )
 
     @classmethod
-    def container_image_at_digest(cls, repository: str, *args: Any, **kwargs: Any) -> Deployment:
-        raise NotImplementedError(f"Deployment.container_image_at_digest {_NOT_YET}")
+    def container_image_at_digest(
+        cls,
+        repository: str,
+        digest: str,
+        username_password_secret: Secret | None = None,
+        environment_variables: Mapping[str, str] | None = None,
+    ) -> Deployment:
+        """Like ``container_image``, for the image ``repository@digest``."""
+        from meadow_core.container_interpreters import ContainerAtDigestInterpreter
+
+        interpreter = ContainerAtDigestInterpreter(repository, digest, username_password_secret)
+        return cls(
+            kind="container_image",
+            environment_variables=dict(environment_variables or {}),
+            environment=interpreter.environment_spec(),
+        )
 
     @classmethod
     def preinstalled_interpreter(
-        cls, path_to_interpreter: str, *args: Any, **kwargs: Any
+        cls, path_to_interpreter: str, environment_variables: Mapping[str, str] | None = None
     ) -> Deployment:
-        raise NotImplementedError(f"Deployment.preinstalled_interpreter {_NOT_YET}")
+        """Run with a Python the machine already has (e.g. baked into its image); no
+        environment is built and no code is shipped, so functions must be importable
+        there or pickled by value. ``MEADOW_INTERPRETER`` is the agent's own Python."""
+        return cls(
+            kind="preinstalled_interpreter",
+            environment_variables=dict(environment_variables or {}),
+            code=CodeSelection((), (), (), os.getcwd()),
+            environment=PreinstalledInterpreter(path_to_interpreter).environment_spec(),
+        )
+
+    def check_on_this_machine(self) -> None:
+        """For hosts that run on the caller's machine (LocalHost): refuse, before
+        anything runs, a preinstalled interpreter that does not exist here."""
+        spec = self.environment
+        if spec is None or spec.kind != "preinstalled":
+            return
+        path = spec.requirements
+        if path != MEADOW_INTERPRETER and (not os.access(path, os.X_OK) or os.path.isdir(path)):
+            raise InvalidRequestError(
+                f"the preinstalled interpreter {path!r} does not exist on this machine (or "
+                "is not executable)"
+            )

@@ -1,20 +1,33 @@
-"""Deployment.git_repo against real git repositories (local bare repositories)."""
+"""Deployment.git_repo against real git repositories: local bare repositories, and a
+private one served by a real sshd on 127.0.0.2 that only accepts a generated key."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from meadow_core import (
+    AwsSecret,
     Deployment,
+    EnvironmentSecret,
+    FileSecret,
     InvalidRequestError,
     LocalHost,
+    LocalPipInterpreter,
     PipRequirementsFile,
     run_function_sync,
     run_map_sync,
 )
+
+SSHD = "/usr/sbin/sshd"
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -90,3 +103,121 @@ def test_missing_branch_commit_or_folder_fails_before_anything_runs(
         Deployment.git_repo(url, path_to_source="no/such/dir")
     with pytest.raises(InvalidRequestError, match="cannot fetch"):
         Deployment.git_repo(f"file://{tmp_path}/missing.git")
+
+
+def test_a_local_interpreter_or_a_bad_flag_is_refused_for_a_repo(repo: tuple[str, Path]) -> None:
+    url, _ = repo
+    with pytest.raises(InvalidRequestError, match="a file from the repository"):
+        Deployment.git_repo(url, interpreter=LocalPipInterpreter("/usr/bin/python3"))
+    with pytest.raises(InvalidRequestError, match="editable_install"):
+        Deployment.git_repo(url, editable_install="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="ssh_key_secret must be"):
+        Deployment.git_repo(url, ssh_key_secret="-----BEGIN OPENSSH PRIVATE KEY-----")  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError, match="AwsSecret"):
+        Deployment.git_repo(url, ssh_key_secret=AwsSecret("deploy-key"))
+
+
+# -- a private repository over SSH ----------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "meadow-test", "-f", str(path)],
+        check=True,
+    )
+    return (path.parent / (path.name + ".pub")).read_text().strip()
+
+
+@pytest.fixture
+def ssh_repo(
+    repo: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Path]]:
+    """The bare repository of ``repo`` served by sshd -D on 127.0.0.2 (reaped after the
+    test), accepting only a freshly generated client key; yields its ssh:// URL and the
+    client's private key."""
+    if not os.path.exists(SSHD):
+        message = "sshd is missing: apt-get install -y openssh-server"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    host_public = _keygen(keys / "host_key")
+    client_public = _keygen(keys / "client_key")
+    (keys / "authorized_keys").write_text(client_public + "\n")
+    port = _free_port("127.0.0.2")
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.2\nHostKey {keys / 'host_key'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile none\nUsePAM no\n"
+        "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n"
+    )
+    (keys / "known_hosts").write_text(f"[127.0.0.2]:{port} {host_public}\n")
+    # The caller's own ssh settings (here: which host key to trust) still apply.
+    monkeypatch.setenv(
+        "GIT_SSH_COMMAND",
+        f"ssh -o UserKnownHostsFile={keys / 'known_hosts'} -o StrictHostKeyChecking=yes",
+    )
+    server = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(keys / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(keys / "sshd.log", "w"),  # noqa: SIM115
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.2", port), timeout=1) as s:
+                    if s.recv(64).startswith(b"SSH-"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError((keys / "sshd.log").read_text()) from None
+                time.sleep(0.05)
+        bare = repo[0].removeprefix("file://")
+        yield f"ssh://{getpass.getuser()}@127.0.0.2:{port}{bare}", keys / "client_key"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_a_private_repository_is_fetched_with_the_key_of_a_secret(
+    host: LocalHost, ssh_repo: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, key = ssh_repo
+    # Without the key the server refuses, and the error says what to pass.
+    with pytest.raises(
+        InvalidRequestError, match=r"(?s)Permission denied.*ssh_key_secret=FileSecret"
+    ):
+        Deployment.git_repo(url, path_to_source="src")
+    # A key file readable by others (ssh itself would refuse it) works: Meadow hands
+    # ssh a private copy.
+    shared = tmp_path / "shared_key"
+    shutil.copy(key, shared)
+    shared.chmod(0o644)
+    deployment = Deployment.git_repo(
+        url, path_to_source="src", ssh_key_secret=FileSecret(str(shared))
+    )
+    assert run_function_sync("gitpkg.version.which", host, deployment=deployment)[0] == "one"
+    # The same key from an environment variable; no key file is left behind.
+    monkeypatch.setenv("DEPLOY_KEY", key.read_text())
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("meadow-ssh-*"))
+    Deployment.git_repo(url, branch="main", ssh_key_secret=EnvironmentSecret("DEPLOY_KEY"))
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("meadow-ssh-*")) == before
+    # A key the server does not know is refused with that said.
+    _keygen(tmp_path / "stranger")
+    with pytest.raises(InvalidRequestError, match="the key in ssh_key_secret was refused"):
+        Deployment.git_repo(url, ssh_key_secret=FileSecret(str(tmp_path / "stranger")))
+    with pytest.raises(InvalidRequestError, match="DEPLOY_KEY_MISSING"):
+        Deployment.git_repo(url, ssh_key_secret=EnvironmentSecret("DEPLOY_KEY_MISSING"))
