@@ -119,19 +119,31 @@ async def _prepare(
 
 async def _environment(prepared: _Prepared, objects: Objects) -> Environment:
     """The environment tasks run in; with a code selection, snapshot the code and add
-    its manifest and file contents to the objects to upload (present ones are skipped)."""
+    its manifest and file contents to the objects to upload (present ones are skipped).
+    A container image (named, or built for ``additional_software``) is pinned here."""
     deployment = prepared.deployment
     environment = prepared.host.environment(deployment.environment_variables)
+    spec = deployment.environment
+    if spec is not None and (spec.kind == "container" or spec.system_packages):
+        # An image named by the user, or one built for additional_software: pinned to a
+        # digest now, so a missing image fails here and every task runs the same one.
+        from meadow_core.containers import image_for
+
+        environment.container_image = await asyncio.to_thread(image_for, spec)
+        environment.interpreter = "python3"
+        environment.sys_path = []
+        environment.working_directory = ""  # the image's own, unless code is shipped
+        spec = None
     if deployment.code is None:
         return environment
-    if deployment.environment is not None:
-        objects[deployment.environment.key] = deployment.environment.to_bytes()
-        environment.env_spec = deployment.environment.key
+    if spec is not None:
+        objects[spec.key] = spec.to_bytes()
+        environment.env_spec = spec.key
     code = deployment.code
     snapshot, sources = await asyncio.to_thread(
         build_snapshot, code.roots, code.extensions, code.globs, code.working_directory
     )
-    objects.update({f"code/files/{digest}": path for digest, path in sources.items()})
+    objects.update(sources.objects())
     objects[snapshot.key] = snapshot.manifest()
     environment.sys_path = []  # the snapshot's roots replace the caller's own paths
     environment.code_manifest = snapshot.key

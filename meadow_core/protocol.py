@@ -107,6 +107,9 @@ class Environment:
     #: An ``EnvironmentSpec`` object the agent builds or fetches (``envcache``); its
     #: interpreter replaces ``interpreter``. ``None`` runs ``interpreter`` as it is.
     env_spec: str | None = None
+    #: A pinned image (``repo@sha256:...``, or a local image id) the task runs in, with
+    #: Meadow's worker runtime mounted; ``None`` runs on the machine itself.
+    container_image: str | None = None
 
     @functools.cached_property
     def key(self) -> str:
@@ -114,7 +117,7 @@ class Environment:
 
     def to_wire(self) -> dict[str, Any]:
         data = shallow_fields(self)
-        for optional in ("code_manifest", "env_spec"):
+        for optional in ("code_manifest", "env_spec", "container_image"):
             if data[optional] is None:
                 del data[optional]  # what agents before these fields understand
         return data

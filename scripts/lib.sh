@@ -75,3 +75,19 @@ ensure_core_venv() {
     make_venv "$ROOT/.venv"
     (cd "$ROOT" && uv pip install --quiet --python .venv/bin/python -e ".[dev]")
 }
+
+# apt_ensure PKG...: install the Debian packages whose commands are missing
+# (one apt-get call; `apt-get update` only if the first try fails).
+apt_ensure() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}" >&2 \
+        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+}

@@ -12,6 +12,8 @@
 # cannot be built stops the run. Exits non-zero if any part failed.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=stack_docker.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stack_docker.sh"
 
 # ---- Orchestrator pins (the one place to change them) -----------------------
 # Airflow 3.3 and Prefect 3.9 cannot share a venv, hence one venv each.
@@ -31,7 +33,15 @@ ALL_PARTS=(lint core airflow prefect dagster)
 exec </dev/null
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/meadow-test.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
+SERVICES_STARTED=0
+cleanup() {
+    if ((SERVICES_STARTED)); then
+        printf '\n==> services down\n'
+        docker_stack_down || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
 
 # ---- which parts ---------------------------------------------------------------
 ONLY="${MEADOW_TEST_ONLY:-}"
@@ -160,7 +170,27 @@ if selected lint; then
     step "lint: mypy" lint_mypy
 fi
 
+# The real services the core tests run against (docker daemon, base image,
+# registry; moto and the VM simulator are started by the tests themselves).
+# Started in this shell so that the variables they export reach pytest, and
+# stopped again by the EXIT trap.
+services_up() {
+    local t0=$EPOCHREALTIME rc=0
+    printf '\n==> services up\n'
+    SERVICES_STARTED=1
+    set +e
+    (set -e; apt_ensure openssh-server socat iproute2) && docker_stack_up
+    rc=$?
+    set -e
+    local secs status=PASS
+    secs="$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+    ((rc == 0)) || { status=FAIL; FAILED=1; }
+    printf '<== services up: %s in %ss\n' "$status" "$secs"
+    ROWS+=("services up|$status|$secs|")
+}
+
 if selected core; then
+    services_up
     JUNIT_FILES+=("$TMP/core.xml")
     step "core: pytest" run_pytest core "$ROOT/.venv/bin/python" tests "$@"
 fi

@@ -1,7 +1,12 @@
 """Processes the agent runs tasks in: warm Python workers and plain commands.
 
 Both kinds stream their combined stdout/stderr to the agent, which attributes each
-line to the task running in that process.
+line to the task running in that process. A job whose environment names a container
+image runs both kinds under ``docker run`` (the docker CLI keeps the output a pipe and
+gives the worker a stdin that closes when the agent dies): the worker connects back over
+a Unix socket mounted into the container, Meadow's worker runtime and the job's code are
+mounted at their host paths, and every container is labelled ``meadow`` and removed when
+it ends.
 """
 
 from __future__ import annotations
@@ -9,11 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import struct
+import subprocess
+import tempfile
 import time
+import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -21,7 +32,12 @@ import psutil
 from meadow_core import protocol
 from meadow_core.agent.worker import END_MARKER
 from meadow_core.protocol import Environment, TaskMessage
-from meadow_core.task_context import ATTEMPT_VARIABLE, JOB_ID_VARIABLE, TASK_ID_VARIABLE
+from meadow_core.task_context import (
+    ATTEMPT_VARIABLE,
+    JOB_ID_VARIABLE,
+    STORE_VARIABLE,
+    TASK_ID_VARIABLE,
+)
 
 #: How many pickled functions a worker keeps; the agent mirrors this to know when to resend.
 FUNCTION_CACHE_SIZE = 32
@@ -43,6 +59,111 @@ def process_environment(environment: Environment) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(environment.sys_path)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# -- containers ----------------------------------------------------------------------------
+
+#: The label on every container Meadow starts (``containers.LABEL``; not imported, so
+#: the agent loads no docker code for jobs that use no image).
+CONTAINER_LABEL = "meadow"
+#: How long a containerized worker may take to connect, pulling its image included.
+CONTAINER_START_TIMEOUT = 600.0
+#: Variables the docker CLI itself reads; the rest of its environment is the task's.
+_DOCKER_CLI_VARIABLES = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT",
+                         "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")  # fmt: skip
+#: docker CLI pid -> container name, for commands run in a container.
+_command_containers: dict[int, str] = {}
+_background: set[asyncio.Task[None]] = set()
+
+
+def _docker_cli() -> str:
+    found = shutil.which("docker")
+    if found is None:
+        raise RuntimeError(
+            "this job runs in a container image, but the agent finds no docker CLI on its "
+            "PATH (apt-get install docker.io)"
+        )
+    return found
+
+
+def _outermost(paths: Iterable[str | None]) -> list[str]:
+    """Existing folders, leaving out those inside another (one mount covers both)."""
+    kept: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)}):
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def container_run(
+    environment: Environment,
+    name: str,
+    *,
+    interactive: bool,
+    extra_env: dict[str, str],
+    read_only: Iterable[str] = (),
+    read_write: Iterable[str] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """``docker run`` arguments up to the image, and the CLI's environment. Variable
+    values travel in the CLI's environment (``--env NAME``), never on a command line.
+
+    The container shares the machine's network, as a process of the agent would;
+    the job's code, working directory and the place's store are mounted at their own
+    paths, so every path the agent computed means the same inside."""
+    assert environment.container_image is not None
+    variables = {k: v for k, v in os.environ.items() if k.startswith("MEADOW_")}
+    variables.update(environment.environment_variables)
+    variables["PYTHONUNBUFFERED"] = "1"
+    if environment.sys_path:
+        variables["PYTHONPATH"] = os.pathsep.join(environment.sys_path)
+    variables.update(extra_env)
+    args = ["run", "--rm", "--init", "--name", name, "--label", CONTAINER_LABEL]
+    args += ["--network", "host", "--log-driver", "none"]
+    if interactive:
+        args.append("--interactive")
+    shared = [*environment.sys_path, environment.working_directory, *read_write]
+    shared.append(os.environ.get(STORE_VARIABLE, ""))
+    for path in _outermost(shared):
+        args += ["--mount", f"type=bind,source={path},target={path}"]
+    for path in _outermost(read_only):
+        args += ["--mount", f"type=bind,source={path},target={path},readonly"]
+    if environment.working_directory and os.path.isdir(environment.working_directory):
+        args += ["--workdir", environment.working_directory]
+    for variable in variables:
+        args += ["--env", variable]
+    cli_env = {k: v for k, v in os.environ.items() if k in _DOCKER_CLI_VARIABLES}
+    cli_env.update(variables)
+    args.append(environment.container_image)
+    return args, cli_env
+
+
+def _container_name(kind: str) -> str:
+    return f"meadow-{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+async def _docker_kill(name: str) -> None:
+    with contextlib.suppress(Exception):
+        process = await asyncio.create_subprocess_exec(
+            _docker_cli(),
+            "kill",
+            name,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.wait_for(process.wait(), timeout=30)
+
+
+def _kill_container_soon(name: str) -> None:
+    """``docker kill`` without blocking the agent's loop (kills are called synchronously)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        with contextlib.suppress(Exception):
+            subprocess.run([_docker_cli(), "kill", name], capture_output=True, timeout=30)
+        return
+    task = loop.create_task(_docker_kill(name))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 class MemorySampler:
@@ -156,6 +277,9 @@ class Worker:
         process: asyncio.subprocess.Process,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        pump: OutputPump | None = None,
+        container: str | None = None,
+        container_pid: int | None = None,
     ) -> None:
         self.environment = environment
         self.process = process
@@ -165,14 +289,23 @@ class Worker:
         self.idle_since = time.monotonic()
         self._queued: deque[tuple[str, LineSink, asyncio.Event]] = deque()
         assert process.stdout is not None
-        self.pump = OutputPump(process.stdout, self._marker_seen)
+        if pump is None:
+            pump = OutputPump(process.stdout)
+        pump.on_marker = self._marker_seen
+        self.pump = pump
+        #: The container's name and the worker's pid as this machine sees it (memory
+        #: sampling and kills reach it directly, not through the docker CLI).
+        self.container = container
+        self.container_pid = container_pid
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.container_pid if self.container_pid is not None else self.process.pid
 
     @classmethod
     async def start(cls, environment: Environment, scratch: str) -> Worker:
+        if environment.container_image is not None:
+            return await cls._start_in_container(environment, scratch)
         agent_end, worker_end = socket.socketpair()
         try:
             cwd = environment.working_directory
@@ -203,6 +336,95 @@ class Worker:
                 f"a worker with interpreter {environment.interpreter} did not start "
                 f"({describe_exit(process.returncode)}); is meadow installed in it?"
             ) from exc
+        if hello.get("op") != "ready":
+            await worker.kill()
+            raise RuntimeError(f"unexpected first message from worker: {hello!r}")
+        return worker
+
+    @classmethod
+    async def _start_in_container(cls, environment: Environment, scratch: str) -> Worker:
+        """``docker run -i`` the worker with Meadow's runtime mounted; it connects to a
+        Unix socket in a folder mounted into the container."""
+        from meadow_core.containers import worker_bootstrap, worker_runtime
+
+        home = os.environ.get(AGENT_HOME_VARIABLE) or os.path.dirname(scratch)
+        runtime = await asyncio.to_thread(worker_runtime, Path(home) / "runtime")
+        folder = tempfile.mkdtemp(prefix="meadow-w-")  # short: socket paths are limited
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        name = _container_name("worker")
+        try:
+            os.chmod(folder, 0o755)
+            path = os.path.join(folder, "agent.sock")
+            listener.bind(path)
+            os.chmod(path, 0o777)  # the image may run as any user
+            listener.listen(1)
+            listener.setblocking(False)
+            args, env = container_run(
+                environment,
+                name,
+                interactive=True,
+                extra_env={},
+                read_only=[str(runtime)],
+                read_write=[folder],
+            )
+            process = await asyncio.create_subprocess_exec(
+                _docker_cli(),
+                *args,
+                "python3",
+                "-c",
+                worker_bootstrap(runtime),
+                f"unix:{path}",
+                stdin=asyncio.subprocess.PIPE,  # the worker's lifeline; never written
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+            assert process.stdout is not None
+            early: list[str] = []
+            pump = OutputPump(process.stdout)
+            pump.sink = early.extend
+            accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(listener))
+            exited = asyncio.ensure_future(wait_for_exit(process))
+            await asyncio.wait(
+                {accept, exited},
+                timeout=CONTAINER_START_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            exited.cancel()
+            if not accept.done() or accept.exception() is not None:
+                accept.cancel()
+                await _docker_kill(name)
+                kill_process_group(process)
+                await wait_for_exit(process)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pump.task, timeout=2)
+                said = "\n".join(early[-15:]).strip()
+                raise RuntimeError(
+                    f"a worker in the image {environment.container_image} did not start "
+                    f"({describe_exit(process.returncode)})" + (f":\n{said}" if said else "")
+                )
+            connection, _ = accept.result()
+        finally:
+            listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        # The kernel gives the peer's pid in this machine's pid namespace.
+        credentials = connection.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+        container_pid = struct.unpack("3i", credentials)[0]
+        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=2**26)
+        worker = cls(environment, process, reader, writer, pump, name, container_pid)
+        try:
+            hello = await asyncio.wait_for(worker.receive(), timeout=60)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            await worker.kill()
+            said = "\n".join(early[-15:]).strip()
+            raise RuntimeError(
+                f"a worker in the image {environment.container_image} did not start "
+                f"({describe_exit(process.returncode)}): {said}"
+            ) from exc
+        pump.sink = None
         if hello.get("op") != "ready":
             await worker.kill()
             raise RuntimeError(f"unexpected first message from worker: {hello!r}")
@@ -255,7 +477,16 @@ class Worker:
             self.process.send_signal(signum)
 
     def kill_group(self) -> None:
-        """Kill the worker and every process its tasks started (its own session)."""
+        """Kill the worker and every process its tasks started (its own session; in a
+        container, killing the worker ends the container and all in it)."""
+        if self.container is not None and self.alive:
+            try:
+                assert self.container_pid is not None
+                os.kill(self.container_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            except PermissionError:  # the image runs as a user we may not signal
+                _kill_container_soon(self.container)
         kill_process_group(self.process)
 
     async def kill(self) -> None:
@@ -279,7 +510,32 @@ class Worker:
 async def start_command(
     command: list[str], environment: Environment, scratch: str, task: TaskMessage
 ) -> asyncio.subprocess.Process:
-    """Start a command in its own process group so it and its children can be killed."""
+    """Start a command in its own process group so it and its children can be killed;
+    in a container if the environment names an image (any image: no Python needed)."""
+    if environment.container_image is not None:
+        name = _container_name("command")
+        args, cli_env = container_run(
+            environment,
+            name,
+            interactive=False,
+            extra_env={
+                JOB_ID_VARIABLE: task.job_id,
+                TASK_ID_VARIABLE: str(task.task_id),
+                ATTEMPT_VARIABLE: str(task.attempt),
+            },
+        )
+        process = await asyncio.create_subprocess_exec(
+            _docker_cli(),
+            *args,
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=cli_env,
+            start_new_session=True,
+        )
+        _command_containers[process.pid] = name
+        return process
     cwd = environment.working_directory
     if not os.path.isdir(cwd):
         cwd = scratch
@@ -301,7 +557,14 @@ async def start_command(
 
 
 def kill_process_group(process: asyncio.subprocess.Process) -> None:
-    """Kill a process started in its own session and everything it started."""
+    """Kill a process started in its own session and everything it started (for a
+    command in a container: the container too, which the docker CLI does not pass on)."""
+    container = _command_containers.get(process.pid)
+    if container is not None:
+        if process.returncode is None:
+            _kill_container_soon(container)
+        else:
+            del _command_containers[process.pid]
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
 

@@ -1,9 +1,10 @@
 """A warm worker process: runs tasks one at a time and keeps its imports between them.
 
-Started by the agent as ``python -m meadow_core.agent.worker FD``. FD is a socket to the
-agent carrying framed protocol messages; stdout and stderr are a pipe the agent reads
-as the running task's log. After each task the worker flushes both streams and writes
-an end marker line, so the agent knows the task's output is complete.
+Started by the agent as ``python -m meadow_core.agent.worker FD``, FD being a socket to
+the agent (in a container: ``unix:PATH``, a socket the agent listens on) that carries
+framed protocol messages; stdout and stderr are a pipe the agent reads as the running
+task's log. After each task the worker flushes both streams and writes an end marker
+line, so the agent knows the task's output is complete.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -154,11 +156,41 @@ class _Worker:
             self.send(reply)
 
 
+def _exit_when_stdin_closes() -> None:
+    """In a container the agent is no parent to die with; it holds the other end of
+    stdin (``docker run -i``), which closes when the agent or the docker CLI dies."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        os._exit(70)
+
+    threading.Thread(target=watch, name="meadow-lifeline", daemon=True).start()
+
+
+def _connect(argument: str) -> socket.socket:
+    """FD of a socket the agent passed, or ``unix:PATH`` of one it listens on (a
+    container, where no descriptor can be inherited)."""
+    if argument.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(argument[len("unix:") :])
+        return sock
+    return socket.socket(fileno=int(argument))
+
+
 def main() -> None:
-    _die_with_parent()
+    in_container = sys.argv[1].startswith("unix:")
+    if in_container:
+        # docker carries stdout and stderr as two streams that may reorder; one
+        # stream keeps each task's output before its end marker.
+        os.dup2(1, 2)
+        _exit_when_stdin_closes()
+    else:
+        _die_with_parent()
     # The agent stops workers with SIGTERM; a task's own handlers may change that.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock = _connect(sys.argv[1])
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     _Worker(sock).serve()
