@@ -1,0 +1,628 @@
+"""Install, uninstall, sweep and list Meadow's resources in one AWS region.
+
+`install` and `uninstall` are idempotent and report what they did. `clean` is the second
+line of defence behind instances ending themselves: it reconciles what carries the
+``meadow:managed`` tag (instances, queues) and the job payloads with the registry, and
+removes what nothing owns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.exceptions
+
+from meadow_core.aws import names, session
+from meadow_core.aws.registry import (
+    TERMINATING,
+    InstanceRecord,
+    InstanceRegistry,
+    create_table,
+)
+from meadow_core.aws.store import S3ObjectStore
+from meadow_core.protocol import TERMINAL_JOB_STATES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRY_DAYS = names.DEFAULT_EXPIRY_DAYS
+DEFAULT_GRACE_SECONDS = names.DEFAULT_GRACE_SECONDS
+DEFAULT_RESULTS_RETENTION_SECONDS = names.DEFAULT_RESULTS_RETENTION_SECONDS
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = names.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
+_ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+@dataclasses.dataclass
+class Report:
+    """What a command did, one human-readable line per resource."""
+
+    done: list[str] = dataclasses.field(default_factory=list)
+    kept: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class CleanReport:
+    """What `clean` removed, by kind."""
+
+    terminated_instances: list[str] = dataclasses.field(default_factory=list)
+    deleted_queues: list[str] = dataclasses.field(default_factory=list)
+    removed_registry_entries: list[str] = dataclasses.field(default_factory=list)
+    deleted_objects: int = 0
+    cleaned_jobs: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.terminated_instances
+            or self.deleted_queues
+            or self.removed_registry_entries
+            or self.deleted_objects
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceView:
+    """One row of `meadow aws ls`."""
+
+    record: InstanceRecord
+    ec2_state: str
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.record.launched_at)
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _partition(region_name: str) -> str:
+    if region_name.startswith("cn-"):
+        return "aws-cn"
+    if region_name.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def agent_policy(region_name: str, account: str) -> dict[str, Any]:
+    """The instance role's inline policy: only Meadow's bucket, queues and table, and
+    terminating or tagging only instances tagged as Meadow's."""
+    arn = _partition(region_name)
+    bucket = names.bucket_name(account, region_name)
+    queues = [f"arn:{arn}:sqs:{region_name}:{account}:{prefix}*" for prefix in names.QUEUE_PREFIXES]
+    table = f"arn:{arn}:dynamodb:{region_name}:{account}:table/{names.TABLE_NAME}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Objects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"arn:{arn}:s3:::{bucket}/*",
+            },
+            {
+                "Sid": "Bucket",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:{arn}:s3:::{bucket}",
+            },
+            {
+                "Sid": "Queues",
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:SendMessage",
+                    "sqs:GetQueueUrl",
+                    "sqs:GetQueueAttributes",
+                ],
+                "Resource": queues,
+            },
+            {
+                "Sid": "OwnControlQueue",
+                "Effect": "Allow",
+                "Action": ["sqs:DeleteQueue"],
+                "Resource": f"arn:{arn}:sqs:{region_name}:{account}:{names.CONTROL_QUEUE_PREFIX}*",
+            },
+            {
+                "Sid": "Registry",
+                "Effect": "Allow",
+                "Action": [
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                    "dynamodb:DeleteItem",
+                    "dynamodb:Query",
+                ],
+                "Resource": [table, f"{table}/index/*"],
+            },
+            {
+                "Sid": "OwnInstances",
+                "Effect": "Allow",
+                "Action": ["ec2:TerminateInstances", "ec2:CreateTags"],
+                "Resource": f"arn:{arn}:ec2:{region_name}:{account}:instance/*",
+                "Condition": {
+                    "StringEquals": {
+                        f"aws:ResourceTag/{names.MANAGED_TAG_KEY}": names.MANAGED_TAG_VALUE
+                    }
+                },
+            },
+            {
+                "Sid": "Describe",
+                "Effect": "Allow",
+                "Action": ["ec2:DescribeInstances", "ec2:DescribeTags"],
+                "Resource": "*",
+            },
+        ],
+    }
+
+
+_ASSUME_ROLE = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+# -- install -------------------------------------------------------------------------------
+
+
+def _install_bucket(region_name: str, bucket: str, expiry_days: int, report: Report) -> None:
+    s3 = session.client("s3", region_name)
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region_name != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region_name}
+    try:
+        s3.create_bucket(**kwargs)
+        report.done.append(f"created bucket {bucket}")
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "BucketAlreadyOwnedByYou":
+            raise
+        report.kept.append(f"bucket {bucket} exists")
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": names.managed_tags()})
+    rules: list[dict[str, Any]] = [
+        {
+            "ID": f"meadow-expire-{prefix.rstrip('/')}",
+            "Filter": {"Prefix": prefix},
+            "Status": "Enabled",
+            "Expiration": {"Days": expiry_days},
+        }
+        for prefix in names.JOB_OBJECT_PREFIXES
+    ]
+    rules.append(
+        {
+            "ID": "meadow-abort-incomplete-uploads",
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+    )
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+
+
+def _install_role(region_name: str, account: str, report: Report) -> None:
+    iam = session.client("iam", region_name)
+    tags = names.managed_tags()
+    try:
+        iam.create_role(
+            RoleName=names.ROLE_NAME,
+            AssumeRolePolicyDocument=json.dumps(_ASSUME_ROLE),
+            Description="Meadow instance agent: its bucket, queues, table and own instance",
+            Tags=tags,
+        )
+        report.done.append(f"created IAM role {names.ROLE_NAME}")
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "EntityAlreadyExists":
+            raise
+        report.kept.append(f"IAM role {names.ROLE_NAME} exists")
+    # One role serves every region: each install adds that region's statements.
+    policy = agent_policy(region_name, account)
+    try:
+        existing = json.loads(
+            _policy_text(
+                iam.get_role_policy(RoleName=names.ROLE_NAME, PolicyName=names.ROLE_POLICY_NAME)
+            )
+        )
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "NoSuchEntity":
+            raise
+        existing = None
+    if existing is not None:
+        statements = [
+            s
+            for s in existing.get("Statement", [])
+            if not str(s.get("Sid", "")).endswith(_sid_suffix(region_name))
+        ]
+        policy["Statement"] = statements + _suffixed(policy["Statement"], region_name)
+    else:
+        policy["Statement"] = _suffixed(policy["Statement"], region_name)
+    iam.put_role_policy(
+        RoleName=names.ROLE_NAME,
+        PolicyName=names.ROLE_POLICY_NAME,
+        PolicyDocument=json.dumps(policy),
+    )
+    try:
+        iam.create_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE_NAME, Tags=tags)
+        report.done.append(f"created instance profile {names.INSTANCE_PROFILE_NAME}")
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "EntityAlreadyExists":
+            raise
+        report.kept.append(f"instance profile {names.INSTANCE_PROFILE_NAME} exists")
+    profile = iam.get_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE_NAME)
+    roles = [r["RoleName"] for r in profile["InstanceProfile"].get("Roles", [])]
+    if names.ROLE_NAME not in roles:
+        iam.add_role_to_instance_profile(
+            InstanceProfileName=names.INSTANCE_PROFILE_NAME, RoleName=names.ROLE_NAME
+        )
+
+
+def _policy_text(response: dict[str, Any]) -> str:
+    document = response["PolicyDocument"]
+    # boto3 decodes the URL-encoded JSON into a dict; older botocore returned text.
+    return document if isinstance(document, str) else json.dumps(document)
+
+
+def _sid_suffix(region_name: str) -> str:
+    return "".join(part.capitalize() for part in region_name.split("-"))
+
+
+def _suffixed(statements: list[dict[str, Any]], region_name: str) -> list[dict[str, Any]]:
+    suffix = _sid_suffix(region_name)
+    return [{**s, "Sid": f"{s['Sid']}{suffix}"} for s in statements]
+
+
+def _default_vpc(region_name: str) -> str | None:
+    vpcs = session.client("ec2", region_name).describe_vpcs(
+        Filters=[{"Name": "isDefault", "Values": ["true"]}]
+    )["Vpcs"]
+    return str(vpcs[0]["VpcId"]) if vpcs else None
+
+
+def _meadow_security_groups(region_name: str) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = session.client("ec2", region_name).describe_security_groups(
+        Filters=[
+            {"Name": "group-name", "Values": [names.SECURITY_GROUP_NAME]},
+            {"Name": f"tag:{names.MANAGED_TAG_KEY}", "Values": [names.MANAGED_TAG_VALUE]},
+        ]
+    )["SecurityGroups"]
+    return groups
+
+
+def _install_security_group(region_name: str, report: Report) -> None:
+    if _meadow_security_groups(region_name):
+        report.kept.append(f"security group {names.SECURITY_GROUP_NAME} exists")
+        return
+    vpc = _default_vpc(region_name)
+    if vpc is None:
+        report.notes.append(
+            f"{region_name} has no default VPC, so no security group was created: pass "
+            "security_group_ids (with outbound HTTPS allowed) to AllocEC2Instance"
+        )
+        return
+    created = session.client("ec2", region_name).create_security_group(
+        GroupName=names.SECURITY_GROUP_NAME,
+        Description="Meadow instances: no inbound traffic, outbound only",
+        VpcId=vpc,
+        TagSpecifications=[{"ResourceType": "security-group", "Tags": names.managed_tags()}],
+    )
+    report.done.append(
+        f"created security group {names.SECURITY_GROUP_NAME} ({created['GroupId']}) in {vpc}"
+    )
+
+
+def _publish_bundle(store: S3ObjectStore, report: Report) -> None:
+    """Upload the agent bundle instances boot from (the lead's hook, if present)."""
+    try:
+        bootstrap = importlib.import_module("meadow_core.aws.bootstrap")
+    except ModuleNotFoundError as exc:
+        if exc.name != "meadow_core.aws.bootstrap":
+            raise
+        report.notes.append("no agent bundle published (meadow_core.aws.bootstrap is missing)")
+        return
+    key = bootstrap.publish(store)
+    report.done.append(f"published the agent bundle to {store.location(str(key))}")
+
+
+def install(
+    region_name: str, expiry_days: int = DEFAULT_EXPIRY_DAYS, publish_bundle: bool = True
+) -> Report:
+    """Create (or bring up to date) everything Meadow needs in ``region_name``.
+
+    ``publish_bundle`` also uploads the agent bundle instances boot from (else the first
+    launch does it).
+    """
+    session.check_region(region_name)
+    account = session.account_id()
+    report = Report()
+    bucket = names.bucket_name(account, region_name)
+    _install_bucket(region_name, bucket, expiry_days, report)
+    if create_table(session.client("dynamodb", region_name)):
+        report.done.append(f"created DynamoDB table {names.TABLE_NAME}")
+    else:
+        report.kept.append(f"DynamoDB table {names.TABLE_NAME} exists")
+    _install_role(region_name, account, report)
+    _install_security_group(region_name, report)
+    if publish_bundle:
+        _publish_bundle(S3ObjectStore(bucket, session.client("s3", region_name)), report)
+    return report
+
+
+# -- uninstall -----------------------------------------------------------------------------
+
+
+def _managed_instances(region_name: str, states: list[str]) -> Iterator[dict[str, Any]]:
+    paginator = session.client("ec2", region_name).get_paginator("describe_instances")
+    for page in paginator.paginate(
+        Filters=[
+            {"Name": f"tag:{names.MANAGED_TAG_KEY}", "Values": [names.MANAGED_TAG_VALUE]},
+            {"Name": "instance-state-name", "Values": states},
+        ]
+    ):
+        for reservation in page["Reservations"]:
+            yield from reservation["Instances"]
+
+
+def _meadow_queue_urls(region_name: str) -> list[str]:
+    sqs = session.client("sqs", region_name)
+    urls: list[str] = []
+    for prefix in names.QUEUE_PREFIXES:
+        for page in sqs.get_paginator("list_queues").paginate(QueueNamePrefix=prefix):
+            urls.extend(page.get("QueueUrls", []))
+    return urls
+
+
+def _delete_bucket(region_name: str, bucket: str, report: Report) -> None:
+    s3 = session.client("s3", region_name)
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            return
+        raise
+    count = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        objects = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        for start in range(0, len(objects), 1000):
+            s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": objects[start : start + 1000], "Quiet": True}
+            )
+            count += len(objects[start : start + 1000])
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+        for upload in page.get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    s3.delete_bucket(Bucket=bucket)
+    report.done.append(f"deleted bucket {bucket} and its {count} objects")
+
+
+def _delete_role(region_name: str, report: Report) -> None:
+    iam = session.client("iam", region_name)
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE_NAME)
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "NoSuchEntity":
+            raise
+    else:
+        for role in profile["InstanceProfile"].get("Roles", []):
+            iam.remove_role_from_instance_profile(
+                InstanceProfileName=names.INSTANCE_PROFILE_NAME, RoleName=role["RoleName"]
+            )
+        iam.delete_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE_NAME)
+        report.done.append(f"deleted instance profile {names.INSTANCE_PROFILE_NAME}")
+    try:
+        policies = iam.list_role_policies(RoleName=names.ROLE_NAME)["PolicyNames"]
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "NoSuchEntity":
+            raise
+        return
+    for policy in policies:
+        iam.delete_role_policy(RoleName=names.ROLE_NAME, PolicyName=policy)
+    for attached in iam.list_attached_role_policies(RoleName=names.ROLE_NAME)["AttachedPolicies"]:
+        iam.detach_role_policy(RoleName=names.ROLE_NAME, PolicyArn=attached["PolicyArn"])
+    iam.delete_role(RoleName=names.ROLE_NAME)
+    report.done.append(f"deleted IAM role {names.ROLE_NAME}")
+
+
+def uninstall(region_name: str) -> Report:
+    """Remove everything Meadow created in ``region_name``: its instances (terminated),
+    queues, bucket (emptied first), table, role, instance profile and security group.
+
+    The role and instance profile are global: they go too, so uninstall the other regions
+    Meadow runs in as well, or run `install` there again.
+    """
+    session.check_region(region_name)
+    account = session.account_id()
+    report = Report()
+    ec2 = session.client("ec2", region_name)
+    instances = [i["InstanceId"] for i in _managed_instances(region_name, _ALIVE_STATES)]
+    if instances:
+        ec2.terminate_instances(InstanceIds=instances)
+        ec2.get_waiter("instance_terminated").wait(
+            InstanceIds=instances, WaiterConfig={"Delay": 2, "MaxAttempts": 300}
+        )
+        report.done.append(f"terminated instances {', '.join(instances)}")
+    sqs = session.client("sqs", region_name)
+    for url in _meadow_queue_urls(region_name):
+        sqs.delete_queue(QueueUrl=url)
+        report.done.append(f"deleted queue {url.rsplit('/', 1)[-1]}")
+    _delete_bucket(region_name, names.bucket_name(account, region_name), report)
+    dynamodb = session.client("dynamodb", region_name)
+    try:
+        dynamodb.delete_table(TableName=names.TABLE_NAME)
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) != "ResourceNotFoundException":
+            raise
+    else:
+        dynamodb.get_waiter("table_not_exists").wait(
+            TableName=names.TABLE_NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+        )
+        report.done.append(f"deleted DynamoDB table {names.TABLE_NAME}")
+    _delete_role(region_name, report)
+    for group in _meadow_security_groups(region_name):
+        ec2.delete_security_group(GroupId=group["GroupId"])
+        report.done.append(
+            f"deleted security group {names.SECURITY_GROUP_NAME} ({group['GroupId']})"
+        )
+    return report
+
+
+# -- clean ---------------------------------------------------------------------------------
+
+
+def _registry(region_name: str) -> InstanceRegistry | None:
+    """The registry, or None when the table does not exist (Meadow not installed)."""
+    dynamodb = session.client("dynamodb", region_name)
+    try:
+        dynamodb.describe_table(TableName=names.TABLE_NAME)
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) == "ResourceNotFoundException":
+            return None
+        raise
+    return InstanceRegistry(dynamodb, names.TABLE_NAME)
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return job.get("state") in TERMINAL_JOB_STATES
+
+
+def clean(
+    region_name: str,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    results_retention_seconds: float = DEFAULT_RESULTS_RETENTION_SECONDS,
+    heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+) -> CleanReport:
+    """Remove what nothing owns; leave anything younger than ``grace_seconds`` alone.
+
+    * instances tagged ``meadow:managed`` that the registry does not know, knows as
+      ``terminating`` for longer than the grace period, or whose agent sent no heartbeat
+      for ``heartbeat_timeout_seconds`` (it died; nothing would end the instance): terminated;
+    * registry entries whose instance is gone: removed;
+    * queues of jobs that finished (or that the registry does not know), and control
+      queues of instances that are gone: deleted;
+    * results and logs of jobs finished ``results_retention_seconds`` ago: deleted (a
+      caller reattaching to a job replays them until then).
+    """
+    session.check_region(region_name)
+    report = CleanReport()
+    now = time.time()
+    cutoff = now - grace_seconds
+    ec2 = session.client("ec2", region_name)
+    registry = _registry(region_name)
+    if registry is None:
+        report.notes.append(
+            f"no registry table in {region_name}: everything tagged as Meadow's is unowned"
+        )
+    records = {r.instance_id: r for r in registry.list()} if registry else {}
+    jobs = registry.all_jobs() if registry else []
+
+    alive = {i["InstanceId"]: i for i in _managed_instances(region_name, _ALIVE_STATES)}
+    doomed = []
+    for instance_id, instance in alive.items():
+        launched = instance["LaunchTime"].timestamp()
+        record = records.get(instance_id)
+        if record is None and launched <= cutoff:
+            doomed.append(instance_id)
+        elif record is not None and record.state == TERMINATING:
+            since = record.terminating_since or record.last_activity
+            if since <= cutoff:
+                doomed.append(instance_id)
+        elif record is not None and record.last_heartbeat <= now - heartbeat_timeout_seconds:
+            doomed.append(instance_id)
+    if doomed:
+        ec2.terminate_instances(InstanceIds=doomed)
+        report.terminated_instances.extend(doomed)
+    living = set(alive) - set(doomed)
+
+    for instance_id, record in records.items():
+        if instance_id not in living and (instance_id in doomed or record.launched_at <= cutoff):
+            assert registry is not None
+            registry.remove(instance_id)
+            report.removed_registry_entries.append(instance_id)
+    # A control queue belongs to a live instance, or to one launched too recently to judge.
+    owners = living | {i for i, r in records.items() if r.launched_at > cutoff} - set(doomed)
+
+    by_queue: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        by_queue[names.job_queue_name(job["job_id"])] = job
+        by_queue[names.result_queue_name(job["job_id"])] = job
+    sqs = session.client("sqs", region_name)
+    for url in _meadow_queue_urls(region_name):
+        name = url.rsplit("/", 1)[-1]
+        created = float(
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])[
+                "Attributes"
+            ]["CreatedTimestamp"]
+        )
+        if name.startswith(names.CONTROL_QUEUE_PREFIX):
+            instance_id = name[len(names.CONTROL_QUEUE_PREFIX) :]
+            orphan = instance_id not in owners
+        else:
+            owner = by_queue.get(name)
+            orphan = owner is None or (
+                _finished(owner) and float(owner.get("finished") or 0) <= cutoff
+            )
+        if orphan and created <= cutoff:
+            sqs.delete_queue(QueueUrl=url)
+            report.deleted_queues.append(name)
+
+    if registry is not None and jobs:
+        store = S3ObjectStore(
+            names.bucket_name(session.account_id(), region_name),
+            session.client("s3", region_name),
+        )
+        for job in jobs:
+            if (
+                _finished(job)
+                and not job.get("payload_deleted")
+                and float(job.get("finished") or 0) <= now - results_retention_seconds
+            ):
+                for prefix in names.job_object_prefixes(job["job_id"]):
+                    report.deleted_objects += store.delete_prefix(prefix)
+                registry.update_job(job["job_id"], {"payload_deleted": True})
+                report.cleaned_jobs.append(job["job_id"])
+    return report
+
+
+# -- ls ------------------------------------------------------------------------------------
+
+
+def ls(region_name: str) -> list[InstanceView]:
+    """Meadow's instances in ``region_name`` as the registry knows them, with EC2's state."""
+    session.check_region(region_name)
+    registry = _registry(region_name)
+    if registry is None:
+        raise session.AwsConfigurationError(
+            f"Meadow is not installed in {region_name}: run `meadow aws install --region "
+            f"{region_name}`"
+        )
+    records = registry.list()
+    states: dict[str, str] = {}
+    all_states = [*_ALIVE_STATES, "shutting-down", "terminated"]
+    for instance in _managed_instances(region_name, all_states):
+        states[instance["InstanceId"]] = instance["State"]["Name"]
+    views = [InstanceView(r, states.get(r.instance_id, "unknown")) for r in records]
+    return sorted(views, key=lambda v: v.record.launched_at)

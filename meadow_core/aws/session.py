@@ -1,0 +1,268 @@
+"""boto3 clients from the standard chain, and the checks that run before anything launches.
+
+Credentials, region and endpoint (including ``AWS_ENDPOINT_URL``, which is how the dev
+cloud is reached) come from boto3's normal chain; nothing here passes an endpoint.
+Clients are cached per (service, region) and per the environment that chose them, so a
+test or a user who switches profile or endpoint never talks through a stale client.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import boto3
+import botocore.exceptions
+
+from meadow_core.errors import InvalidRequestError
+
+
+class AwsConfigurationError(InvalidRequestError):
+    """The AWS account, credentials, region or network settings cannot work as given."""
+
+
+class MissingCredentialsError(AwsConfigurationError):
+    """boto3's credential chain found nothing."""
+
+
+class UnknownRegionError(AwsConfigurationError):
+    """The region does not exist or is not enabled for the account."""
+
+
+class NetworkConfigurationError(AwsConfigurationError):
+    """The subnet or security groups do not exist or are not in one VPC."""
+
+
+#: Environment variables that change who boto3 is and where it talks to.
+_ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+_CREDENTIALS_HELP = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary "
+    "credentials), or AWS_PROFILE naming a profile in ~/.aws/credentials or ~/.aws/config "
+    "(`aws configure` or `aws sso login` writes one), or run on an instance with an "
+    "instance profile"
+)
+_BAD_CREDENTIAL_CODES = {
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+    "AuthFailure",
+}
+
+_lock = threading.Lock()
+_sessions: dict[tuple[str | None, ...], boto3.session.Session] = {}
+_clients: dict[tuple[Any, ...], Any] = {}
+_regions: dict[tuple[str | None, ...], dict[str, str]] = {}
+_accounts: dict[tuple[str | None, ...], str] = {}
+
+
+def _env_key() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in _ENV_KEYS)
+
+
+def _session() -> boto3.session.Session:
+    # boto3 sessions are not thread-safe to create; clients made from them are safe to share.
+    key = _env_key()
+    with _lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = boto3.session.Session()
+        return session
+
+
+def reset() -> None:
+    """Forget cached sessions, clients, regions and account ids (tests; changed config)."""
+    with _lock:
+        _sessions.clear()
+        _clients.clear()
+        _regions.clear()
+        _accounts.clear()
+
+
+def default_region() -> str | None:
+    """The region boto3's chain picks when none is given (env var or profile)."""
+    region: str | None = _session().region_name
+    return region
+
+
+def check_credentials() -> None:
+    """Raise `MissingCredentialsError` if the chain finds no credentials; makes no request."""
+    try:
+        credentials = _session().get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise MissingCredentialsError(
+            f"AWS credentials could not be loaded ({exc}): {_CREDENTIALS_HELP}"
+        ) from exc
+    if credentials is None:
+        raise MissingCredentialsError(f"no AWS credentials found: {_CREDENTIALS_HELP}")
+
+
+def client(service: str, region_name: str | None = None) -> Any:
+    """A cached boto3 client for ``service`` in ``region_name`` (default: the chain's).
+
+    Raises `MissingCredentialsError` before any request if there are no credentials.
+    """
+    session = _session()
+    region = region_name or session.region_name
+    if not region:
+        raise AwsConfigurationError(
+            "no AWS region given: pass region_name or set AWS_DEFAULT_REGION "
+            "(or `region` in your AWS profile)"
+        )
+    key = (_env_key(), service, region)
+    with _lock:
+        existing = _clients.get(key)
+    if existing is not None:
+        return existing
+    check_credentials()
+    with _lock:
+        made = _clients.get(key)
+        if made is None:
+            made = _clients[key] = session.client(service, region_name=region)
+        return made
+
+
+def translate_auth_error(exc: botocore.exceptions.ClientError) -> AwsConfigurationError | None:
+    """A clear error for rejected credentials, or None if ``exc`` is about something else."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code in _BAD_CREDENTIAL_CODES:
+        return MissingCredentialsError(
+            f"AWS rejected the credentials ({code}): {_CREDENTIALS_HELP}"
+        )
+    return None
+
+
+def account_id() -> str:
+    """The account the credentials belong to (one STS call per configuration)."""
+    key = _env_key()
+    with _lock:
+        known = _accounts.get(key)
+    if known is not None:
+        return known
+    try:
+        found: str = client("sts").get_caller_identity()["Account"]
+    except botocore.exceptions.ClientError as exc:
+        raise (translate_auth_error(exc) or exc) from exc
+    with _lock:
+        _accounts[key] = found
+    return found
+
+
+def available_regions() -> dict[str, str]:
+    """Every region EC2 knows, with its opt-in status; asked once per configuration."""
+    key = _env_key()
+    with _lock:
+        known = _regions.get(key)
+    if known is not None:
+        return known
+    probe = default_region() or "us-east-1"
+    try:
+        answer = client("ec2", probe).describe_regions(AllRegions=True)
+    except botocore.exceptions.ClientError as exc:
+        raise (translate_auth_error(exc) or exc) from exc
+    regions = {
+        r["RegionName"]: r.get("OptInStatus", "opt-in-not-required") for r in answer["Regions"]
+    }
+    with _lock:
+        _regions[key] = regions
+    return regions
+
+
+def check_region(region_name: str) -> None:
+    """Raise `UnknownRegionError` unless ``region_name`` exists and is enabled."""
+    regions = available_regions()
+    status = regions.get(region_name)
+    if status is None:
+        close = difflib.get_close_matches(str(region_name), list(regions), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownRegionError(
+            f"unknown AWS region {region_name!r}{hint}: pass one of the regions EC2 lists; "
+            "see them with `aws ec2 describe-regions --all-regions --query "
+            "'Regions[].RegionName'`"
+        )
+    if status == "not-opted-in":
+        raise UnknownRegionError(
+            f"AWS region {region_name!r} is not enabled for this account: enable it in the "
+            "AWS console (Account > AWS Regions) or choose another region"
+        )
+
+
+def _not_found(exc: botocore.exceptions.ClientError, *codes: str) -> bool:
+    code: str = exc.response.get("Error", {}).get("Code", "")
+    return code in codes
+
+
+def check_network(
+    subnet_id: str | None,
+    security_group_ids: Sequence[str] | None,
+    region_name: str | None = None,
+) -> str | None:
+    """Check the subnet and security groups exist and share one VPC; return that VPC.
+
+    Without a subnet, instances go to the default VPC, so the groups must be there.
+    """
+    ec2 = client("ec2", region_name)
+    region_name = region_name or default_region()
+    vpc_id: str | None = None
+    where = ""
+    if subnet_id:
+        try:
+            subnets = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+        except botocore.exceptions.ClientError as exc:
+            if _not_found(
+                exc,
+                "InvalidSubnetID.NotFound",
+                "InvalidSubnetID.Malformed",
+                "InvalidSubnetId.Malformed",
+            ):
+                raise NetworkConfigurationError(
+                    f"subnet {subnet_id!r} does not exist in {region_name}: pass a subnet_id "
+                    f"from `aws ec2 describe-subnets --region {region_name}` or leave it out "
+                    "to use the default VPC"
+                ) from exc
+            raise (translate_auth_error(exc) or exc) from exc
+        vpc_id = subnets[0]["VpcId"]
+        where = f"subnet {subnet_id} is in {vpc_id}"
+    groups = list(security_group_ids or [])
+    if not groups:
+        return vpc_id
+    if vpc_id is None:
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            raise NetworkConfigurationError(
+                f"{region_name} has no default VPC, so security groups {groups} need a "
+                "subnet_id from their VPC"
+            )
+        vpc_id = vpcs[0]["VpcId"]
+        where = f"no subnet_id was given, so instances go to the default VPC {vpc_id}"
+    try:
+        found = ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]
+    except botocore.exceptions.ClientError as exc:
+        if _not_found(
+            exc, "InvalidGroup.NotFound", "InvalidGroupId.Malformed", "InvalidGroupId.NotFound"
+        ):
+            raise NetworkConfigurationError(
+                f"security group(s) {groups} not found in {region_name}: pass ids from "
+                f"`aws ec2 describe-security-groups --region {region_name}`"
+            ) from exc
+        raise (translate_auth_error(exc) or exc) from exc
+    for group in found:
+        if group["VpcId"] != vpc_id:
+            raise NetworkConfigurationError(
+                f"security group {group['GroupId']} is in {group['VpcId']} but {where}: "
+                f"pass a security group from {vpc_id} or a subnet_id from {group['VpcId']}"
+            )
+    return vpc_id

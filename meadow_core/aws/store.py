@@ -1,0 +1,151 @@
+"""`S3ObjectStore`: the object store of an AWS place, one bucket.
+
+S3 writes are atomic per object (a reader sees the whole object or none), which is
+what `ObjectStore.put` promises; ``If-None-Match: *`` makes the upload-skip path one
+request that never overwrites what another caller stored first.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from meadow_core.aws.session import AwsConfigurationError
+from meadow_core.transport.base import ObjectStore
+
+#: Objects larger than this go up in parallel parts (TransferManager).
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+_TRANSFER = TransferConfig(
+    multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+)
+_DELETE_BATCH = 1000  # the most delete_objects takes at once
+
+
+class ObjectNotFoundError(FileNotFoundError, KeyError):
+    """No object under the key (both: the local store raises FileNotFoundError, and
+    callers that treat the store as a mapping catch KeyError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "object not found"
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    error: dict[str, Any] = exc.response.get("Error", {})
+    return str(error.get("Code", ""))
+
+
+def _no_bucket(exc: botocore.exceptions.ClientError, bucket: str) -> None:
+    """A missing bucket means Meadow is not installed there: say how to fix it."""
+    if _code(exc) == "NoSuchBucket":
+        raise AwsConfigurationError(
+            f"bucket {bucket} does not exist: run `meadow aws install --region <region>` "
+            "for this account and region"
+        ) from exc
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects under keys in ``bucket``, through a boto3 S3 ``client``."""
+
+    def __init__(self, bucket: str, client: Any) -> None:
+        self.bucket = bucket
+        self.client = client
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            if len(data) > MULTIPART_THRESHOLD:
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=_TRANSFER)
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except botocore.exceptions.ClientError as exc:
+            _no_bucket(exc, self.bucket)
+            raise
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        if len(data) > MULTIPART_THRESHOLD:
+            # Large objects are content-addressed payloads: a racing writer stores the
+            # same bytes, so check-then-put is as good as a condition here.
+            return super().put_if_absent(key, data)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+        except botocore.exceptions.ClientError as exc:
+            # 412: present; 409: another conditional write of this key is in flight.
+            if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            _no_bucket(exc, self.bucket)
+            raise
+        return True
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def _get(self, key: str, **extra: Any) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(f"no object {self.location(key)}") from exc
+            _no_bucket(exc, self.bucket)
+            raise
+        body: bytes = response["Body"].read()
+        return body
+
+    def get(self, key: str) -> bytes:
+        return self._get(key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            return self._get(key, Range=f"bytes={offset}-{offset + length - 1}")
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "InvalidRange":  # offset at or past the end, like a file read
+                return b""
+            raise
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix``, in key order."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        return [
+            item["Key"]
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+        ]
+
+    def delete_prefix(self, prefix: str) -> int:
+        paginator = self.client.get_paginator("list_objects_v2")
+        count = 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            for start in range(0, len(keys), _DELETE_BATCH):
+                batch = keys[start : start + _DELETE_BATCH]
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+                errors = response.get("Errors", [])
+                if errors:
+                    first = errors[0]
+                    raise OSError(
+                        f"could not delete {self.location(first['Key'])}: "
+                        f"{first.get('Code')} {first.get('Message')}"
+                    )
+                count += len(batch)
+        return count
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def presigned_get(self, key: str, expires: int = 3600) -> str:
+        """A URL anyone can GET the object from for ``expires`` seconds (the boot script)."""
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+        )
+        return url
