@@ -447,6 +447,29 @@ def agent_stop_cmd(ctx: click.Context) -> None:
     click.echo("no agent was running" if pid is None else f"stopped agent {pid}")
 
 
+def _add_cloud_commands() -> None:
+    """``meadow aws ...`` (with ``meadow aws devcloud ...``) when boto3 is installed;
+    otherwise a command that says how to get it."""
+    try:
+        from meadow_core.aws.cli import aws
+        from meadow_core.aws.devcloud.cli import devcloud
+    except ImportError as exc:
+        missing = str(exc)
+
+        @cli.command("aws", context_settings={"ignore_unknown_options": True})
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def aws_missing(args: tuple[str, ...]) -> None:
+            """Meadow on AWS (needs `pip install meadow[aws]`)."""
+            raise click.ClickException(f"{missing}: install it with `pip install meadow[aws]`")
+
+        return
+    aws.add_command(devcloud)
+    cli.add_command(aws)
+
+
+_add_cloud_commands()
+
+
 def main() -> None:
     cli(obj={})
 

@@ -1,0 +1,170 @@
+"""The agent bundle and the boot script that installs it on a fresh EC2 instance.
+
+No custom machine image is needed: the bundle (``meadow_core`` itself plus its runtime
+dependencies, built for the instance's Python and platform by ``uv pip install
+--target``) is uploaded once per content hash to the bucket, and the user data of every
+instance downloads it through a presigned URL, unpacks it and starts
+``python3 -m meadow_core.aws.instance_agent``. The URL is all the script needs, so the
+instance needs no tool (curl, awscli) beyond ``python3``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import filelock
+import platformdirs
+
+from meadow_core.interpreters import uv_binary
+from meadow_core.transport.base import ObjectStore
+
+#: Beyond Meadow's own dependencies, what the instance agent imports.
+AGENT_EXTRAS = ("boto3",)
+
+#: The instance platform the bundle's compiled wheels are chosen for.
+INSTANCE_PLATFORM = "x86_64-manylinux_2_28"
+INSTALL_ROOT = "/opt/meadow"
+AGENT_HOME = "/var/lib/meadow"
+
+
+def _runtime_distributions() -> list[str]:
+    """Meadow's own (non-extra) dependencies plus the agent's, by distribution name."""
+    names = []
+    for requirement in importlib.metadata.requires("meadow") or []:
+        if "extra ==" not in requirement:
+            names.append(re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0])
+    return [*names, *AGENT_EXTRAS]
+
+
+def _pins() -> list[str]:
+    pins = []
+    for name in _runtime_distributions():
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise RuntimeError(
+                f"{name} is not installed here; install meadow[aws] to launch EC2 instances"
+            ) from exc
+    return pins
+
+
+def _package_files() -> list[Path]:
+    package = Path(__file__).resolve().parents[1]
+    return sorted(
+        p
+        for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".json", ".typed")
+    )
+
+
+def bundle_key() -> str:
+    """The store key of this caller's bundle: a hash of Python, pins and Meadow's code."""
+    digest = hashlib.sha256()
+    digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
+    digest.update("\n".join(_pins()).encode())
+    package = Path(__file__).resolve().parents[1]
+    for path in _package_files():
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return f"bootstrap/{digest.hexdigest()}.tar.gz"
+
+
+def build_bundle() -> tuple[str, Path]:
+    """Build (or reuse from the local cache) the bundle; returns its key and file."""
+    key = bundle_key()
+    cache = Path(platformdirs.user_cache_dir("meadow")) / "bootstrap"
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / key.rsplit("/", 1)[-1]
+    with filelock.FileLock(str(target) + ".lock"):
+        if target.exists():
+            return key, target
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+            lib = Path(tmp) / "lib"
+            version = f"{sys.version_info.major}.{sys.version_info.minor}"
+            subprocess.run(
+                [
+                    uv_binary(),
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--target",
+                    str(lib),
+                    "--python-version",
+                    version,
+                    "--python-platform",
+                    INSTANCE_PLATFORM,
+                    *_pins(),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            package = Path(__file__).resolve().parents[1]
+            partial = Path(tmp) / "bundle.tar.gz"
+            with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+                tar.add(lib, arcname="lib")
+                for path in _package_files():
+                    tar.add(path, arcname=f"lib/meadow_core/{path.relative_to(package)}")
+                # envcache pins a worker's runtime from meadow's own metadata.
+                metadata = Path(tmp) / "METADATA"
+                metadata.write_text(
+                    importlib.metadata.distribution("meadow").read_text("METADATA") or ""
+                )
+                version = importlib.metadata.version("meadow")
+                tar.add(metadata, arcname=f"lib/meadow-{version}.dist-info/METADATA")
+            os.replace(partial, target)
+    return key, target
+
+
+def publish(store: ObjectStore) -> str:
+    """Make sure the bundle is in ``store``; returns its key (uploads only if missing)."""
+    key, path = build_bundle()
+    if not store.exists(key):
+        store.put(key, path.read_bytes())
+    return key
+
+
+def user_data(bundle_url: str, agent_arguments: Mapping[str, str]) -> str:
+    """The boot script: fetch and unpack the bundle, then start the instance agent
+    detached (cloud-init must not wait for it), logging to the console and a file."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version_tuple = (sys.version_info.major, sys.version_info.minor)
+    arguments = " ".join(f"--{k} {shlex.quote(v)}" for k, v in sorted(agent_arguments.items()))
+    return f"""#!/bin/bash
+# Meadow instance bootstrap: installs the agent bundle and starts the agent.
+set -euo pipefail
+mkdir -p {INSTALL_ROOT} {AGENT_HOME}
+python3 - <<'PY'
+import io, tarfile, time, urllib.request
+url = {bundle_url!r}
+for attempt in range(10):
+    try:
+        data = urllib.request.urlopen(url, timeout=60).read()
+        break
+    except OSError:
+        if attempt == 9:
+            raise
+        time.sleep(2)
+tarfile.open(fileobj=io.BytesIO(data)).extractall({INSTALL_ROOT!r})
+PY
+export PYTHONPATH={INSTALL_ROOT}/lib MEADOW_HOME={AGENT_HOME}
+export PATH={INSTALL_ROOT}/lib/bin:$PATH
+PYTHON=python3
+# Pickled functions load only on the caller's minor version; fetch it if the image has another.
+if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != {version_tuple})'; then
+    uv python install {version}
+    PYTHON="$(uv python find {version})"
+fi
+setsid nohup "$PYTHON" -m meadow_core.aws.instance_agent {arguments} \\
+    >>{AGENT_HOME}/instance-agent.log 2>&1 </dev/null &
+echo "meadow agent started"
+"""

@@ -1,0 +1,481 @@
+"""``AllocEC2Instance``: run jobs on EC2 instances Meadow chooses, launches and reuses.
+
+The caller side of the EC2 path (the instance side is ``instance_agent``). A submission
+validates everything first (credentials, region, network, resources against the price
+catalog), uploads payloads to S3 (content-addressed, so present ones are skipped),
+builds a deployment's environment once and packs it into S3 when this machine can
+(same platform), registers the job in the registry (a conditional write: a
+deterministic job id that exists reattaches), fills the job's work queue, and
+allocates workers: warm Meadow instances with free capacity first (conditional writes
+in the registry, so concurrent callers never double-book), then the cheapest new
+instances from the selection, falling back to the next choice when a launch fails for
+capacity. While a caller watches, it long-polls the job's result queue and tops the
+allocation up when instances serving the job disappear (spot interruption, a killed
+machine), so every task gets a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from meadow_core import protocol
+from meadow_core.allocation.selection import (
+    NoCapacityError,
+    Plan,
+    WarmInstance,
+    check_satisfiable,
+    select,
+)
+from meadow_core.aws import bootstrap, names, session, transport
+from meadow_core.aws.catalog import Ec2Catalog
+from meadow_core.aws.launch import (
+    LaunchError,
+    LaunchRequest,
+    LaunchSettings,
+    default_ami,
+    is_capacity_error,
+    launch,
+)
+from meadow_core.aws.registry import InstanceRecord, InstanceRegistry
+from meadow_core.aws.store import S3ObjectStore
+from meadow_core.aws.transport import Queues
+from meadow_core.envcache import ensure_environment, stored_archive
+from meadow_core.hosts.base import Host
+from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import Resources
+from meadow_core.watch import JobWatch
+
+log = logging.getLogger("meadow.aws")
+
+#: A serving instance whose heartbeat is older than this is presumed dead.
+HEARTBEAT_STALE_SECONDS = 30.0
+#: How often a watching caller checks that its job still has live workers.
+SUPERVISE_SECONDS = 5.0
+#: Where environments built on this machine for a bucket are cached.
+_ENV_CACHE = Path(platformdirs.user_cache_dir("meadow")) / "aws-envs"
+
+
+@dataclasses.dataclass
+class AllocEC2Instance(Host):
+    """Run on the cheapest EC2 instance that fits, launched for the job or reused warm.
+
+    ``region_name`` defaults to boto3's default region; ``ami_id`` to the current
+    Amazon Linux 2023 image; ``subnet_id`` and ``security_group_ids`` to the default
+    VPC and the security group ``meadow aws install`` created; ``iam_role_instance_profile``
+    to the instance profile it created. ``idle_timeout`` is how long an instance waits
+    without work before it terminates itself.
+    """
+
+    region_name: str | None = None
+    ami_id: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: str | Sequence[str] | None = None
+    iam_role_instance_profile: str | None = None
+    idle_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        self._state: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._state = {}
+
+    # -- lazily made parts (none at construction: a host is cheap and picklable) --------
+
+    @property
+    def region(self) -> str:
+        if "region" not in self._state:
+            region = self.region_name or session.default_region()
+            if not region:
+                raise session.AwsConfigurationError(
+                    "no AWS region: pass AllocEC2Instance(region_name=...) or set "
+                    "AWS_DEFAULT_REGION"
+                )
+            self._state["region"] = region
+        return str(self._state["region"])
+
+    def _client(self, service: str) -> Any:
+        return session.client(service, self.region)
+
+    @property
+    def store(self) -> S3ObjectStore:
+        if "store" not in self._state:
+            bucket = names.bucket_name(session.account_id(), self.region)
+            self._state["store"] = S3ObjectStore(bucket, self._client("s3"))
+        store: S3ObjectStore = self._state["store"]
+        return store
+
+    @property
+    def registry(self) -> InstanceRegistry:
+        if "registry" not in self._state:
+            self._state["registry"] = InstanceRegistry(self._client("dynamodb"), names.TABLE_NAME)
+        registry: InstanceRegistry = self._state["registry"]
+        return registry
+
+    @property
+    def queues(self) -> Queues:
+        if "queues" not in self._state:
+            self._state["queues"] = Queues(self._client("sqs"))
+        queues: Queues = self._state["queues"]
+        return queues
+
+    @property
+    def catalog(self) -> Ec2Catalog:
+        if "catalog" not in self._state:
+            self._state["catalog"] = Ec2Catalog(self.region)
+        catalog: Ec2Catalog = self._state["catalog"]
+        return catalog
+
+    # -- Host: validation ---------------------------------------------------------------
+
+    def check_resources(self, resources: Resources) -> None:
+        session.check_credentials()
+        session.check_region(self.region)
+        check_satisfiable(resources, self.catalog.offers(), where=f"EC2 {self.region}")
+
+    def default_resources(self) -> Resources:
+        return Resources(logical_cpu=1, memory_gb=2)
+
+    def environment(self, environment_variables: Mapping[str, str]) -> Environment:
+        """The instance agent's own interpreter; with no snapshot it has no user code."""
+        return Environment(
+            interpreter="python3",
+            sys_path=[],
+            working_directory=bootstrap.AGENT_HOME,
+            environment_variables=dict(environment_variables),
+        )
+
+    def _check_network(self) -> tuple[str | None, list[str]]:
+        groups = (
+            [self.security_group_ids]
+            if isinstance(self.security_group_ids, str)
+            else list(self.security_group_ids or [])
+        )
+        if self.subnet_id or groups:
+            session.check_network(self.subnet_id, groups, self.region)
+        if not groups:
+            groups = [self._installed_security_group()]
+        return self.subnet_id, groups
+
+    def _installed_security_group(self) -> str:
+        ec2 = self._client("ec2")
+        found = ec2.describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": [names.SECURITY_GROUP_NAME]}]
+        )["SecurityGroups"]
+        if not found:
+            raise session.AwsConfigurationError(
+                f"Meadow is not installed in {self.region}: run `meadow aws install --region "
+                f"{self.region}`, or pass security_group_ids"
+            )
+        return str(found[0]["GroupId"])
+
+    # -- Host: submission -----------------------------------------------------------------
+
+    async def submit(
+        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes | Path]
+    ) -> bool:
+        return await asyncio.to_thread(self._submit, spec, tasks, objects)
+
+    def _submit(
+        self, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Mapping[str, bytes | Path]
+    ) -> bool:
+        network = self._check_network()
+        store = self.store
+
+        def upload(item: tuple[str, bytes | Path]) -> None:
+            key, data = item
+            if not store.exists(key):
+                store.put(key, data.read_bytes() if isinstance(data, Path) else data)
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(upload, objects.items()))
+        if spec.environment.env_spec:
+            self._prepare_environment(spec.environment.env_spec)
+        created = self.registry.put_job(
+            spec.job_id,
+            {
+                "kind": spec.kind,
+                "name": spec.name,
+                "num_tasks": spec.num_tasks,
+                "state": "running",
+                "created": spec.created,
+            },
+        )
+        if not created:
+            return False
+        store.put(transport.spec_key(spec.job_id), protocol.pack(spec.to_wire()))
+        job_url = self.queues.create(transport.job_queue_name(spec.job_id))
+        self.queues.create(transport.result_queue_name(spec.job_id))
+        self.queues.send(job_url, [transport.task_body(t) for t in tasks])
+        workers = min(spec.num_tasks, spec.num_concurrent_tasks or spec.num_tasks)
+        self._allocate(spec, workers, network)
+        return True
+
+    def _prepare_environment(self, spec_key: str) -> None:
+        """Build the environment here once and pack it into S3, so instances unpack it
+        instead of resolving and installing it each (and need no package index)."""
+        if stored_archive(spec_key, self.store) is not None:
+            return
+        cache = _ENV_CACHE / self.store.bucket
+        # The bucket lacks it (a new bucket, say): a local copy must be packed again.
+        (cache / spec_key.rsplit("/", 1)[-1] / ".shared").unlink(missing_ok=True)
+        ensure_environment(spec_key, self.store, cache, wait_for_upload=True)
+
+    # -- allocation ---------------------------------------------------------------------
+
+    def _warm(self) -> list[WarmInstance]:
+        return [r.as_warm() for r in self.registry.list() if r.accepts_work]
+
+    def _allocate(self, spec: JobSpec, workers: int, network: tuple[str | None, list[str]]) -> None:
+        """Place ``workers`` workers of ``spec`` on warm instances, then new ones."""
+        resources = Resources.from_wire(dict(spec.resources))
+        offers = self.catalog.offers()
+        remaining = workers
+        where = f"EC2 {self.region}"
+        for _ in range(5):
+            plan: Plan = select(resources, remaining, offers, self._warm(), where=where)
+            lost = 0
+            for allocation in plan.warm:
+                instance_id = allocation.instance.instance_id
+                if self.registry.try_allocate(
+                    instance_id, spec.job_id, allocation.workers, resources
+                ):
+                    self._serve(instance_id, spec.job_id, allocation.workers)
+                else:
+                    lost += allocation.workers  # another caller took it first: plan again
+            if lost == 0:
+                self._launch(spec, resources, plan, network)
+                return
+            remaining = lost + sum(launch.workers for launch in plan.launches)
+        self._launch(spec, resources, select(resources, remaining, offers, where=where), network)
+
+    def _launch(
+        self,
+        spec: JobSpec,
+        resources: Resources,
+        plan: Plan,
+        network: tuple[str | None, list[str]],
+    ) -> None:
+        if not plan.launches:
+            return
+        ec2 = self._client("ec2")
+        settings = LaunchSettings(
+            ami_id=self.ami_id or default_ami(self._client("ssm")),
+            user_data=self._user_data(),
+            subnet_id=network[0],
+            security_group_ids=network[1],
+            instance_profile=self.iam_role_instance_profile or names.INSTANCE_PROFILE_NAME,
+            job_id=spec.job_id,
+        )
+        failures: list[str] = []
+        index = 0
+        while index < len(plan.launches):
+            choice = plan.launches[index]
+            offer = choice.offer
+            request = LaunchRequest(offer.instance_type, offer.spot, choice.count)
+            try:
+                launched = launch(ec2, request, settings)
+            except Exception as exc:
+                if not is_capacity_error(exc):
+                    raise
+                failures.append(f"{offer.describe()}: {exc}")
+                log.warning(
+                    "could not launch %s, trying the next choice: %s", offer.instance_type, exc
+                )
+                try:
+                    # The replacements are appended; carry on at the same index.
+                    plan = plan.without(offer.instance_type, spot=offer.spot)
+                except NoCapacityError as none_left:
+                    raise LaunchError(f"{none_left} ({'; '.join(failures)})") from exc
+                continue
+            unplaced = choice.workers
+            for instance in launched:
+                workers = min(choice.workers_per_instance, unplaced)
+                unplaced -= workers
+                self.registry.register(
+                    InstanceRecord.launched(instance.instance_id, offer, instance.zone or "")
+                )
+                self.queues.create(transport.control_queue_name(instance.instance_id))
+                if workers and self.registry.try_allocate(
+                    instance.instance_id, spec.job_id, workers, resources
+                ):
+                    self._serve(instance.instance_id, spec.job_id, workers)
+            index += 1
+
+    def _user_data(self) -> str:
+        if "user_data" not in self._state:
+            key = bootstrap.publish(self.store)
+            url = self.store.presigned_get(key, expires=7 * 24 * 3600 - 60)
+            self._state["user_data"] = bootstrap.user_data(
+                url,
+                {
+                    "region": self.region,
+                    "bucket": self.store.bucket,
+                    "table": names.TABLE_NAME,
+                    "idle-timeout": str(self.idle_timeout),
+                },
+            )
+        return str(self._state["user_data"])
+
+    def _serve(self, instance_id: str, job_id: str, workers: int) -> None:
+        url = self.queues.url(transport.control_queue_name(instance_id))
+        if url is None:
+            url = self.queues.create(transport.control_queue_name(instance_id))
+        self.queues.send(
+            url, [transport.encode({"op": "serve", "job_id": job_id, "workers": workers})]
+        )
+
+    def _supervise(self, spec: JobSpec, remaining: int) -> None:
+        """Top up a job whose serving instances died or were interrupted."""
+        now = time.time()
+        live = 0
+        for record in self.registry.list():
+            allocation = record.allocations.get(spec.job_id)
+            if allocation is None:
+                continue
+            if record.accepts_work and now - record.last_heartbeat < HEARTBEAT_STALE_SECONDS:
+                live += int(allocation["workers"])
+            else:
+                self.registry.release(record.instance_id, spec.job_id)
+        wanted = min(remaining, spec.num_concurrent_tasks or remaining)
+        if live < wanted:
+            log.info("job %s has %d live workers of %d; allocating more", spec.job_id, live, wanted)
+            self._allocate(spec, wanted - live, self._check_network())
+
+    # -- watching ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, job_id: str, num_tasks: int, kind: str, new: bool = False
+    ) -> AsyncIterator[JobWatch]:
+        job_watch = JobWatch(job_id, num_tasks, kind)
+        follower = asyncio.ensure_future(self._follow(job_watch, new))
+        try:
+            yield job_watch
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+            if job_watch.all_delivered:
+                await asyncio.to_thread(self._finish, job_id, "done", job_watch)
+
+    async def _follow(self, job_watch: JobWatch, new: bool) -> None:
+        job_id = job_watch.job_id
+        name = transport.result_queue_name(job_id)
+        try:
+            url = await asyncio.to_thread(self.queues.url, name)
+            while url is None:
+                if not new and await self.get_job(job_id) is None:
+                    job_watch.on_unknown()
+                    return
+                await asyncio.sleep(0.2)
+                url = await asyncio.to_thread(self.queues.url, name)
+            if not new:
+                for outcome in await self.results(job_id):
+                    job_watch.on_result(outcome)
+            spec: JobSpec | None = None
+            checked = time.monotonic()
+            while not job_watch.all_delivered:
+                messages = await asyncio.to_thread(self.queues.receive, url, 2)
+                for message in messages:
+                    body = transport.decode(message["Body"])
+                    if body.get("op") == "log":
+                        job_watch.on_log(body["task_id"], body["attempt"], body["lines"])
+                    else:
+                        job_watch.on_result(TaskOutcome.from_wire(body))
+                if messages:
+                    receipts = [m["ReceiptHandle"] for m in messages]
+                    await asyncio.to_thread(self.queues.delete_messages, url, receipts)
+                if time.monotonic() - checked > SUPERVISE_SECONDS:
+                    checked = time.monotonic()
+                    spec = spec or await self.get_spec(job_id)
+                    if spec is not None:
+                        remaining = spec.num_tasks - len(job_watch.final)
+                        await asyncio.to_thread(self._supervise, spec, remaining)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            job_watch.on_error(exc)
+
+    def _finish(self, job_id: str, state: str, job_watch: JobWatch | None = None) -> None:
+        """The job is over: record it, drop its queues, free its workers."""
+        fields: dict[str, Any] = {"state": state, "finished": time.time()}
+        if job_watch is not None:
+            fields["num_done"] = len(job_watch.final)
+            fields["num_failed"] = sum(
+                1 for o in job_watch.final.values() if o.outcome != "succeeded"
+            )
+            if fields["num_failed"]:
+                fields["state"] = "failed"
+        self.registry.update_job(job_id, fields)
+        for name in (transport.job_queue_name(job_id), transport.result_queue_name(job_id)):
+            self.queues.delete_queue(name)
+        for record in self.registry.list():
+            if job_id in record.allocations:
+                self.registry.release(record.instance_id, job_id)
+
+    # -- Host: the rest --------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> bool:
+        def cancel() -> bool:
+            if not self.registry.request_cancel(job_id):
+                return False
+            for record in self.registry.list():
+                if job_id in record.allocations:
+                    url = self.queues.url(transport.control_queue_name(record.instance_id))
+                    if url:
+                        self.queues.send(
+                            url, [transport.encode({"op": "cancel", "job_id": job_id})]
+                        )
+            self._finish(job_id, "cancelled")
+            return True
+
+        return await asyncio.to_thread(cancel)
+
+    async def get_spec(self, job_id: str) -> JobSpec | None:
+        def read() -> JobSpec | None:
+            try:
+                raw = self.store.get(transport.spec_key(job_id))
+            except KeyError:
+                return None
+            return JobSpec.from_wire(protocol.unpack(raw))
+
+        return await asyncio.to_thread(read)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await asyncio.to_thread(self.registry.get_job, job_id)
+
+    async def list_jobs(self, limit: int = 50) -> list[JobRecord]:
+        return await asyncio.to_thread(self.registry.list_jobs, limit)
+
+    async def results(self, job_id: str) -> list[TaskOutcome]:
+        def read() -> list[TaskOutcome]:
+            outcomes = [
+                TaskOutcome.from_wire(protocol.unpack(self.store.get(key)))
+                for key in self.store.list_keys(transport.results_prefix(job_id))
+            ]
+            return [o for o in outcomes if o.final]
+
+        return await asyncio.to_thread(read)
+
+    async def read_object(self, key: str) -> bytes:
+        return await asyncio.to_thread(self.store.get, key)
+
+    async def write_object(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self.store.put, key, data)
+
+    def object_location(self, key: str) -> str:
+        return self.store.location(key)

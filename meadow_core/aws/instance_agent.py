@@ -1,0 +1,450 @@
+"""The agent on an EC2 instance: relays SQS work into the local Meadow agent.
+
+The instance runs the same agent as ``LocalHost`` (SQLite queue, warm workers, memory
+limits, logs). This module is the bridge to the region: it learns from the instance's
+control queue which jobs it serves and with how many workers, pulls their task messages
+from each job's work queue, prefetches the objects a task needs from S3 into the local
+store, runs each task attempt as a one-task local job, stores the outcome in S3 and
+announces it on the job's result queue, and only then deletes the task message
+(at-least-once execution, exactly-once results). It also
+
+* extends a running task's visibility, so a slow task is not handed out twice, while a
+  dead instance's task reappears after ``TASK_VISIBILITY_SECONDS``;
+* retries failed attempts below ``max_attempts`` by queueing the next attempt before
+  acknowledging the failed one;
+* heartbeats into the registry, and after ``idle_timeout`` without work marks itself
+  terminating (a conditional write that loses against any concurrent allocation) and
+  terminates its own instance, with no caller involved;
+* watches the metadata endpoint for a spot interruption notice: it stops taking work,
+  hands its in-flight tasks back (visibility 0) so they run elsewhere, and terminates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from meadow_core import protocol
+from meadow_core.aws import transport
+from meadow_core.aws.registry import InstanceRegistry
+from meadow_core.aws.store import S3ObjectStore
+from meadow_core.aws.transport import Queues
+from meadow_core.code_snapshot import CodeSnapshot
+from meadow_core.envcache import stored_archive
+from meadow_core.hosts.local import LocalHost
+from meadow_core.protocol import JobSpec, TaskMessage, TaskOutcome
+
+log = logging.getLogger("meadow.instance_agent")
+
+IMDS = os.environ.get("MEADOW_IMDS_URL", "http://169.254.169.254")
+#: A job whose work queue stayed empty this long (and nothing of it runs here) is left.
+JOB_DRAIN_SECONDS = 6.0
+HEARTBEAT_SECONDS = 5.0
+LOG_FLUSH_SECONDS = 0.5
+
+
+def _imds(path: str, token: str | None = None) -> str | None:
+    """GET from the instance metadata service (IMDSv2); None on 404."""
+    headers = {"X-aws-ec2-metadata-token": token} if token else {}
+    request = urllib.request.Request(f"{IMDS}/latest/{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _imds_token() -> str:
+    request = urllib.request.Request(
+        f"{IMDS}/latest/api/token",
+        method="PUT",
+        headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
+    )
+    with urllib.request.urlopen(request, timeout=2) as response:
+        return str(response.read().decode())
+
+
+def _background(coroutine: Any, what: str) -> asyncio.Task[Any]:
+    """A task whose failure is logged (a silent dead loop would look like an idle one)."""
+
+    async def run() -> Any:
+        try:
+            return await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed", what)
+            raise
+
+    return asyncio.ensure_future(run())
+
+
+@dataclasses.dataclass
+class _Running:
+    """One task attempt running here: what is needed to hand it back or cancel it."""
+
+    local_job_id: str
+    queue_url: str
+    receipt: str
+
+
+class _JobServer:
+    """Serves one job on this instance with a number of worker loops."""
+
+    def __init__(self, agent: InstanceAgent, job_id: str, workers: int) -> None:
+        self.agent = agent
+        self.job_id = job_id
+        self.workers = workers
+        self.spec: JobSpec | None = None
+        self.running: dict[str, _Running] = {}
+        self.stopped = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.idle_since: float | None = None
+
+    def start(self) -> None:
+        log.info("serving job %s with %d worker(s)", self.job_id, self.workers)
+        self.tasks = [_background(self._loop(i), f"job {self.job_id}") for i in range(self.workers)]
+
+    def grow(self, workers: int) -> None:
+        """More workers for this job (a second allocation onto this instance)."""
+        self.tasks += [asyncio.ensure_future(self._loop(i)) for i in range(self.workers, workers)]
+        self.workers = max(self.workers, workers)
+
+    async def _loop(self, index: int) -> None:
+        agent = self.agent
+        queue_url = await agent.call(agent.queues.url, transport.job_queue_name(self.job_id))
+        idle_since = time.monotonic()
+        while not self.stopped and not agent.interrupted and queue_url is not None:
+            try:
+                messages = await agent.call(
+                    agent.queues.receive, queue_url, 2, 1, transport.TASK_VISIBILITY_SECONDS
+                )
+            except agent.sqs.exceptions.QueueDoesNotExist:
+                break  # the caller finished or cancelled the job
+            if not messages:
+                if time.monotonic() - idle_since > JOB_DRAIN_SECONDS and not self.running:
+                    break
+                continue
+            await self._run(queue_url, messages[0])
+            idle_since = time.monotonic()
+        if all(t.done() or t is asyncio.current_task() for t in self.tasks):
+            await agent.job_finished(self)
+
+    async def _run(self, queue_url: str, message: dict[str, Any]) -> None:
+        agent = self.agent
+        receipt = message["ReceiptHandle"]
+        body = transport.decode(message["Body"])
+        body.pop("op", None)
+        task = TaskMessage.from_wire(body)
+        if self.spec is None:
+            raw = await agent.call(agent.remote.get, transport.spec_key(self.job_id))
+            self.spec = JobSpec.from_wire(protocol.unpack(raw))
+        spec = self.spec
+        await agent.call(agent.prefetch, spec, task)
+        local_id = f"{self.job_id}.{task.task_id}.{task.attempt}"
+        if len(local_id) > 128:
+            local_id = protocol.content_key(local_id.encode(), "t").replace("/", "-")[:128]
+        local_spec = dataclasses.replace(
+            spec,
+            job_id=local_id,
+            num_tasks=1,
+            max_attempts=1,
+            retry_with_more_memory=False,
+            num_concurrent_tasks=1,
+            created=time.time(),
+        )
+        local_task = dataclasses.replace(task, job_id=local_id, attempt=1)
+        self.running[local_id] = _Running(local_id, queue_url, receipt)
+        heartbeat = asyncio.ensure_future(self._keep_hidden(queue_url, receipt))
+        pending_lines: list[str] = []
+        flusher = asyncio.ensure_future(self._flush_logs(task, pending_lines))
+        try:
+            async with agent.local.watch(local_id, 1, spec.kind, new=True) as job_watch:
+                # Lines go to the caller through the result queue, not to this log.
+                job_watch.on_log = lambda task_id, attempt, lines: pending_lines.extend(lines)  # type: ignore[method-assign]
+                await agent.local.submit(local_spec, [local_task], {})
+                outcome: TaskOutcome | None = None
+                async for received in job_watch.outcomes():
+                    outcome = received
+                    break
+        finally:
+            heartbeat.cancel()
+            flusher.cancel()
+            self.running.pop(local_id, None)
+        if outcome is None or agent.interrupted or self.stopped:
+            return  # handed back or cancelled: another instance (or nobody) runs it
+        await self._send_lines(task, pending_lines)
+        await agent.call(self._report, spec, task, outcome, queue_url, receipt)
+
+    def _report(
+        self, spec: JobSpec, task: TaskMessage, outcome: TaskOutcome, queue_url: str, receipt: str
+    ) -> None:
+        """Store the outcome, announce it, queue a retry if due, then acknowledge."""
+        agent = self.agent
+        outcome = dataclasses.replace(
+            outcome, job_id=self.job_id, task_id=task.task_id, attempt=task.attempt
+        )
+        if outcome.value_key:
+            agent.copy_up(outcome.value_key)
+        if outcome.log_key:
+            key = transport.log_key(self.job_id, task.task_id, task.attempt)
+            agent.remote.put(key, agent.local.place.store.get(outcome.log_key))
+            outcome = dataclasses.replace(outcome, log_key=key)
+        retry = outcome.outcome in ("failed", "crashed", "timeout") and (
+            task.attempt < spec.max_attempts
+        )
+        outcome = dataclasses.replace(outcome, final=not retry)
+        key = transport.result_key(self.job_id, task.task_id, task.attempt)
+        agent.remote.put(key, protocol.pack(outcome.to_wire()))
+        result_url = agent.queues.url(transport.result_queue_name(self.job_id))
+        if result_url is not None:
+            agent.queues.send(result_url, [transport.outcome_body(outcome)])
+        if retry:
+            memory = task.memory_gb
+            base = spec.resources.get("memory_gb")
+            if spec.retry_with_more_memory and base:
+                memory = base * (task.attempt + 1)
+            next_attempt = dataclasses.replace(task, attempt=task.attempt + 1, memory_gb=memory)
+            agent.queues.send(queue_url, [transport.task_body(next_attempt)])
+        agent.queues.delete_messages(queue_url, [receipt])
+
+    async def _keep_hidden(self, queue_url: str, receipt: str) -> None:
+        sqs = self.agent.sqs
+        while True:
+            await asyncio.sleep(transport.VISIBILITY_HEARTBEAT_SECONDS)
+            with contextlib.suppress(Exception):
+                await self.agent.call(
+                    sqs.change_message_visibility,
+                    QueueUrl=queue_url,
+                    ReceiptHandle=receipt,
+                    VisibilityTimeout=transport.TASK_VISIBILITY_SECONDS,
+                )
+
+    async def _flush_logs(self, task: TaskMessage, lines: list[str]) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            await self._send_lines(task, lines)
+
+    async def _send_lines(self, task: TaskMessage, lines: list[str]) -> None:
+        if not lines:
+            return
+        batch = lines[:]
+        del lines[: len(batch)]
+        url = await self.agent.call(self.agent.queues.url, transport.result_queue_name(self.job_id))
+        if url is None:
+            return
+        body = transport.encode(
+            {"op": "log", "task_id": task.task_id, "attempt": task.attempt, "lines": batch}
+        )
+        with contextlib.suppress(Exception):
+            await self.agent.call(self.agent.queues.send, url, [body])
+
+    async def hand_back(self) -> None:
+        """Spot interruption or cancellation: stop local attempts; with ``requeue`` make
+        their messages visible at once so another instance takes them."""
+        self.stopped = True
+        for running in list(self.running.values()):
+            with contextlib.suppress(Exception):
+                await self.agent.call(
+                    self.agent.sqs.change_message_visibility,
+                    QueueUrl=running.queue_url,
+                    ReceiptHandle=running.receipt,
+                    VisibilityTimeout=0,
+                )
+            with contextlib.suppress(Exception):
+                await self.agent.local.cancel(running.local_job_id)
+
+    async def cancel(self) -> None:
+        self.stopped = True
+        for running in list(self.running.values()):
+            with contextlib.suppress(Exception):
+                await self.agent.local.cancel(running.local_job_id)
+
+
+class InstanceAgent:
+    """Everything this instance does; ``run`` returns when the instance is ending."""
+
+    def __init__(
+        self, region: str, bucket: str, table: str, idle_timeout: float, home: Path
+    ) -> None:
+        session = boto3.session.Session(region_name=region)
+        self.sqs = session.client("sqs")
+        self.ec2 = session.client("ec2")
+        self.queues = Queues(self.sqs)
+        self.remote = S3ObjectStore(bucket, session.client("s3"))
+        self.registry = InstanceRegistry(session.client("dynamodb"), table)
+        self.idle_timeout = idle_timeout
+        self.jobs: dict[str, _JobServer] = {}
+        self.interrupted = False
+        self.last_busy = time.monotonic()
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64)
+        self.token = _imds_token()
+        self.instance_id = _imds("meta-data/instance-id", self.token) or ""
+        # The local agent schedules against the instance type's size, as the registry
+        # allocated it (not against what the kernel reports, which may differ a little).
+        record = self.registry.get(self.instance_id)
+        self.local = LocalHost(
+            home=home,
+            idle_timeout=max(idle_timeout, 60.0),
+            logical_cpu=record.logical_cpu if record else None,
+            memory_gb=record.memory_gb if record else None,
+        )
+
+    async def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking boto3 call on the agent's own (large) thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+
+    # -- objects ---------------------------------------------------------------------
+
+    def copy_down(self, key: str) -> None:
+        local = self.local.place.store
+        if not local.exists(key):
+            local.put(key, self.remote.get(key))
+
+    def copy_up(self, key: str) -> None:
+        if not self.remote.exists(key):
+            self.remote.put(key, self.local.place.store.get(key))
+
+    def prefetch(self, spec: JobSpec, task: TaskMessage) -> None:
+        """Copy what the task reads from the local store into it from S3 (content
+        addressed, so each object comes down once per instance)."""
+        keys = [k for k in (spec.function_key, spec.args_key) if k]
+        environment = spec.environment
+        if environment.env_spec:
+            keys.append(environment.env_spec)
+            packed = stored_archive(environment.env_spec, self.remote)
+            if packed is not None:
+                keys.append(packed)
+        for key in keys:
+            self.copy_down(key)
+        if environment.code_manifest:
+            self.copy_down(environment.code_manifest)
+            manifest = CodeSnapshot.from_manifest(
+                self.local.place.store.get(environment.code_manifest)
+            )
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                list(pool.map(self.copy_down, manifest.object_keys()))
+
+    # -- jobs ------------------------------------------------------------------------
+
+    async def job_finished(self, server: _JobServer) -> None:
+        if self.jobs.get(server.job_id) is server:
+            del self.jobs[server.job_id]
+            self.last_busy = time.monotonic()
+            with contextlib.suppress(Exception):
+                await self.call(self.registry.release, self.instance_id, server.job_id)
+
+    async def _control(self) -> None:
+        name = transport.control_queue_name(self.instance_id)
+        url = None
+        while url is None:
+            url = await self.call(self.queues.url, name)
+            if url is None:
+                await asyncio.sleep(1)
+        while not self.interrupted:
+            messages = await self.call(self.queues.receive, url, 1, 10)
+            for message in messages:
+                body = transport.decode(message["Body"])
+                job_id = body["job_id"]
+                if body["op"] == "serve":
+                    server = self.jobs.get(job_id)
+                    if server is None or server.stopped:
+                        server = _JobServer(self, job_id, int(body["workers"]))
+                        self.jobs[job_id] = server
+                        server.start()
+                    else:
+                        server.grow(server.workers + int(body["workers"]))
+                elif body["op"] == "cancel" and job_id in self.jobs:
+                    await self.jobs[job_id].cancel()
+            if messages:
+                await self.call(
+                    self.queues.delete_messages, url, [m["ReceiptHandle"] for m in messages]
+                )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            if self.jobs:
+                self.last_busy = time.monotonic()
+            try:
+                await self.call(self.registry.heartbeat, self.instance_id)
+            except Exception:
+                log.exception("heartbeat failed")
+            idle = time.monotonic() - self.last_busy
+            if not self.jobs and idle >= self.idle_timeout:
+                won = await self.call(self.registry.mark_terminating_if_idle, self.instance_id)
+                if won:
+                    log.info("idle for %.0fs: terminating %s", idle, self.instance_id)
+                    return
+            await asyncio.sleep(min(HEARTBEAT_SECONDS, max(0.5, self.idle_timeout / 4)))
+
+    async def _watch_spot(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                notice = await self.call(_imds, "meta-data/spot/instance-action", self.token)
+            except Exception:
+                continue
+            if notice:
+                log.warning("spot interruption notice: %s", notice)
+                self.interrupted = True
+                with contextlib.suppress(Exception):
+                    await self.call(self.registry.mark_terminating, self.instance_id)
+                for server in list(self.jobs.values()):
+                    await server.hand_back()
+                return
+
+    async def run(self) -> None:
+        log.info("meadow instance agent on %s", self.instance_id)
+        control = _background(self._control(), "control queue")
+        done, _ = await asyncio.wait(
+            [_background(self._heartbeat(), "heartbeat"), _background(self._watch_spot(), "spot")],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        control.cancel()
+        for task in done:
+            task.result()
+        await self._terminate()
+
+    async def _terminate(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.call(
+                self.queues.delete_queue, transport.control_queue_name(self.instance_id)
+            )
+        with contextlib.suppress(Exception):
+            await self.call(self.registry.remove, self.instance_id)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.local.shutdown)
+        await self.call(self.ec2.terminate_instances, InstanceIds=[self.instance_id])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--idle-timeout", type=float, default=300.0)
+    parser.add_argument("--home", default=os.environ.get("MEADOW_HOME", "/var/lib/meadow"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    agent = InstanceAgent(args.region, args.bucket, args.table, args.idle_timeout, Path(args.home))
+    log.info("config %s", json.dumps(vars(args)))
+    asyncio.run(agent.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""End to end on the dev cloud: moto in server mode plus simulated VMs that boot the
+instances' real user data, install the agent bundle from S3 and serve jobs.
+
+One module-scoped installation (bucket, table, role, security group); each test
+checks what a user would see (results, reuse, self-termination, nothing left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+import meadow_core as mc
+from meadow_core.aws import admin, session
+from meadow_core.aws.devcloud.simulator import DevCloud
+from meadow_core.aws.host import AllocEC2Instance
+from meadow_core.errors import UnsatisfiableResourcesError
+from tests.aws import ec2_tasks
+
+pytestmark = pytest.mark.timeout(300)
+
+REGION = "us-east-2"
+HERE = Path(__file__).resolve().parent
+#: Short, so the idle tests end quickly; warm reuse tests act well within it.
+IDLE_TIMEOUT = 12.0
+
+
+@pytest.fixture(scope="module")
+def cloud(devcloud: DevCloud, moto_server: Any) -> Iterator[DevCloud]:
+    """A freshly reset dev cloud with Meadow installed, the env pointing at it."""
+    moto_server.reset()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            patch.delenv(name, raising=False)
+        for name, value in {**devcloud.env, "MEADOW_AWS_CATALOG": "snapshot"}.items():
+            patch.setenv(name, value)
+        session.reset()
+        admin.install(REGION)
+        try:
+            yield devcloud
+        finally:
+            _terminate_all()
+            session.reset()
+
+
+def _ec2() -> Any:
+    return boto3.client("ec2", region_name=REGION)
+
+
+def _instances(states: tuple[str, ...] = ("pending", "running")) -> list[dict[str, Any]]:
+    reservations = _ec2().describe_instances(
+        Filters=[
+            {"Name": "tag:meadow:managed", "Values": ["true"]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def _terminate_all() -> None:
+    ids = [i["InstanceId"] for i in _instances()]
+    if ids:
+        _ec2().terminate_instances(InstanceIds=ids)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def deployment(cloud: DevCloud, tmp_path_factory: pytest.TempPathFactory) -> mc.Deployment:
+    """The test code as a snapshot, in an environment built from a requirements file
+    (built once on the caller and packed into S3: the VMs have no package index)."""
+    folder = tmp_path_factory.mktemp("reqs")
+    requirements = folder / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    return asyncio.run(
+        mc.Deployment.mirror_local(
+            interpreter=mc.PipRequirementsFile(str(requirements)),
+            additional_sys_paths=[str(HERE.parent.parent)],
+            include_sys_path=False,
+        )
+    )
+
+
+def _host(**kwargs: Any) -> AllocEC2Instance:
+    return AllocEC2Instance(region_name=REGION, idle_timeout=IDLE_TIMEOUT, **kwargs)
+
+
+SMALL = mc.Resources(logical_cpu=1, memory_gb=1, max_eviction_rate=0)
+
+
+def test_run_function_launches_an_instance_then_reuses_it_warm(
+    cloud: DevCloud, deployment: mc.Deployment
+) -> None:
+    _terminate_all()
+    _wait(lambda: not cloud.vms(), 30, "previous VMs to go")
+    first_instance, six_version = mc.run_function_sync(
+        ec2_tasks.six_version, host=_host(), resources=SMALL, deployment=deployment
+    )
+    assert six_version == "1.16.0"
+    running = [i["InstanceId"] for i in _instances()]
+    assert running == [first_instance]
+    assert first_instance in cloud.vms()
+
+    started = time.monotonic()
+    second_instance, _ = mc.run_function_sync(
+        ec2_tasks.six_version, host=_host(), resources=SMALL, deployment=deployment
+    )
+    warm_seconds = time.monotonic() - started
+    assert second_instance == first_instance, "a warm instance with room must be reused"
+    assert [i["InstanceId"] for i in _instances()] == [first_instance], "nothing new launched"
+    assert warm_seconds < 10
+
+
+def test_run_command_streams_its_output_and_returns_its_exit_code(
+    cloud: DevCloud, deployment: mc.Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="meadow")
+    completion = mc.run_command_sync(
+        ["sh", "-c", "echo hello from ec2; exit 3"],
+        host=_host(),
+        resources=SMALL,
+        deployment=deployment,
+        check=False,
+    )
+    assert completion.return_code == 3
+    assert "hello from ec2" in caplog.text
+
+
+def test_map_over_three_instances_delivers_every_result_once(
+    cloud: DevCloud, deployment: mc.Deployment
+) -> None:
+    # 96 CPUs / 370 GB per task: every type that fits holds one worker, so the map needs
+    # three instances.
+    big = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
+    results = mc.run_map_sync(
+        ec2_tasks.square_slowly,
+        list(range(9)),
+        host=_host(),
+        resources_per_task=big,
+        deployment=deployment,
+        num_concurrent_tasks=3,
+    )
+    assert [value for value, _ in results] == [x * x for x in range(9)]
+    assert len({instance for _, instance in results}) == 3
+
+
+def test_idle_instances_terminate_themselves(cloud: DevCloud) -> None:
+    assert _instances(), "the earlier tests left warm instances to watch"
+    _wait(lambda: not _instances(), IDLE_TIMEOUT + 45, "idle instances to terminate themselves")
+    _wait(lambda: not cloud.vms(), 15, "the simulator to destroy the VMs")
+
+
+def test_spot_interruption_mid_map_still_delivers_every_result(
+    cloud: DevCloud, deployment: mc.Deployment
+) -> None:
+    spot = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=80)
+    interrupted: list[str] = []
+
+    async def run() -> list[tuple[int, str]]:
+        results: list[tuple[int, str]] = []
+        async for result in mc.run_map_as_completed(
+            ec2_tasks.square_slowly,
+            [(x, 2.0) for x in range(8)],
+            host=_host(),
+            resources_per_task=spot,
+            deployment=deployment,
+            num_concurrent_tasks=2,
+        ):
+            results.append(result.result_or_raise())
+            if not interrupted:
+                victim = results[-1][1]
+                cloud.interrupt(victim)
+                interrupted.append(victim)
+        return results
+
+    results = asyncio.run(run())
+    assert sorted(value for value, _ in results) == [x * x for x in range(8)]
+    assert len(results) == 8
+    _wait(lambda: interrupted[0] not in cloud.vms(), 30, "the interrupted instance to end")
+
+
+def test_instance_killed_mid_task_costs_a_retry_not_a_result(
+    cloud: DevCloud, deployment: mc.Deployment
+) -> None:
+    big = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
+
+    results: list[tuple[int, str]] = []
+    killed: list[str] = []
+
+    async def collect() -> None:
+        async for result in mc.run_map_as_completed(
+            ec2_tasks.square_slowly,
+            [(x, 3.0) for x in range(4)],
+            host=_host(),
+            resources_per_task=big,
+            deployment=deployment,
+            num_concurrent_tasks=2,
+        ):
+            results.append(result.result_or_raise())
+            if not killed:
+                # Another machine is mid-task now: it dies without a word to anyone.
+                others = [i for i in cloud.vms() if i != results[-1][1]]
+                if others:
+                    cloud.kill(others[0])
+                    _ec2().terminate_instances(InstanceIds=[others[0]])
+                    killed.append(others[0])
+
+    asyncio.run(collect())
+    assert sorted(value for value, _ in results) == [x * x for x in range(4)]
+    assert killed, "the test needs a second instance to kill"
+
+
+def test_caller_killed_mid_map_leaves_no_instance_after_the_idle_timeout(
+    cloud: DevCloud, deployment: mc.Deployment, tmp_path: Path
+) -> None:
+    script = tmp_path / "caller.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, sys
+            sys.path.insert(0, {str(HERE.parent.parent)!r})
+            import meadow_core as mc
+            from meadow_core.aws.host import AllocEC2Instance
+            from tests.aws import ec2_tasks
+            deployment = asyncio.run(mc.Deployment.mirror_local(
+                interpreter=mc.PipRequirementsFile({str(tmp_path / "r.txt")!r}),
+                additional_sys_paths=[{str(HERE.parent.parent)!r}], include_sys_path=False))
+            print("submitting", flush=True)
+            mc.run_map_sync(ec2_tasks.square_slowly, [(x, 2.0) for x in range(6)],
+                host=AllocEC2Instance(region_name={REGION!r}, idle_timeout={IDLE_TIMEOUT}),
+                resources_per_task=mc.Resources(logical_cpu=1, memory_gb=1, max_eviction_rate=0),
+                deployment=deployment)
+            """
+        )
+    )
+    (tmp_path / "r.txt").write_text("six==1.16.0\n")
+    caller = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
+    try:
+        _wait(lambda: bool(_instances()), 120, "the caller's map to launch an instance")
+        time.sleep(3)
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    _wait(lambda: not _instances(), IDLE_TIMEOUT + 90, "the orphaned instance to end itself")
+
+
+def test_resources_larger_than_any_type_fail_before_any_launch(cloud: DevCloud) -> None:
+    before = _instances()
+    with pytest.raises(UnsatisfiableResourcesError) as error:
+        mc.run_function_sync(
+            ec2_tasks.instance_id, host=_host(), resources=mc.Resources(logical_cpu=10_000)
+        )
+    assert "largest" in str(error.value).lower()
+    assert _instances() == before
+
+
+def test_unknown_region_fails_before_any_launch(cloud: DevCloud) -> None:
+    with pytest.raises(session.UnknownRegionError, match="us-nowhere-1"):
+        mc.run_function_sync(
+            ec2_tasks.instance_id,
+            host=AllocEC2Instance(region_name="us-nowhere-1"),
+            resources=SMALL,
+        )
