@@ -7,11 +7,17 @@ first, so downloads from the package index are not part of any number):
 2. Meadow cold: what a first use of ``PipRequirementsFile`` costs: the caller's
    resolution check (``environment_spec()``, fresh ``MEADOW_CACHE_DIR``), storing the
    spec, and ``envcache.ensure_environment`` with an empty cache root and an empty
-   object store (uv build, Meadow's worker runtime, packing into the store).
-3. Meadow warm hit: ``ensure_environment`` for the same spec in another process with
-   an empty cache root but the same object store: it unpacks instead of building.
+   object store (uv build with Meadow's worker runtime), until the interpreter is
+   ready. Packing into the store runs in the background after that
+   (``wait_for_upload=False``, off the task's path); the time until the archive is
+   stored is printed below the table, not part of the row.
+3. Meadow warm hits, each ``ensure_environment`` for the same spec in another process:
+   (a) another machine: an empty cache root but the same object store, so it unpacks
+   the archive instead of building; (b) this machine: the same cache root, so it is a
+   directory lookup.
 4. Meadow one package bumped: a spec with one pin changed, cold on this machine's cache
-   root (the store has only the first environment).
+   root (the store has only the first environment), caller's check included: the
+   build starts from the first environment and swaps the one package.
 
 Run from the repository root::
 
@@ -121,7 +127,12 @@ def main() -> int:
         os.environ.update(env)
         os.environ.pop("VIRTUAL_ENV", None)
         # Imported after the environment is set: the builder's uv calls inherit it.
-        from meadow_core.envcache import ensure_environment, meadow_runtime_requirements
+        from meadow_core.envcache import (
+            ensure_environment,
+            meadow_runtime_requirements,
+            packed_key,
+            wait_for_uploads,
+        )
         from meadow_core.interpreters import PipRequirementsFile
         from meadow_core.transport.local import LocalObjectStore
 
@@ -168,18 +179,28 @@ def main() -> int:
         spec = PipRequirementsFile(str(requirements)).environment_spec()
         store.put(spec.key, spec.to_bytes())
         resolved_s = time.perf_counter() - started
-        python = ensure_environment(spec.key, store, base / "machine-a")
+        python = ensure_environment(spec.key, store, base / "machine-a", wait_for_upload=False)
         cold_s = time.perf_counter() - started
+        wait_for_uploads()
+        stored_s = time.perf_counter() - started
         _check_versions(python, expected, env)
-
-        child = subprocess.run(
-            [sys.executable, "-c", _WARM_CHILD, spec.key, str(store_root), str(base / "machine-b")],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
+        archive = next(
+            k for k in (packed_key(spec.key), packed_key(spec.key, ".tar.gz")) if store.exists(k)
         )
-        warm_s = float(child.stdout.strip().splitlines()[-1])
+        packed_mb = (store_root / archive).stat().st_size / 1e6
+
+        def warm(cache_root: Path) -> float:
+            child = subprocess.run(
+                [sys.executable, "-c", _WARM_CHILD, spec.key, str(store_root), str(cache_root)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            return float(child.stdout.strip().splitlines()[-1])
+
+        warm_s = warm(base / "machine-b")
+        local_s = warm(base / "machine-a")
         _check_versions(
             str(base / "machine-b" / spec.key.rsplit("/", 1)[-1] / "bin" / "python"), expected, env
         )
@@ -187,12 +208,11 @@ def main() -> int:
         started = time.perf_counter()
         spec_b = PipRequirementsFile(str(bumped)).environment_spec()
         store.put(spec_b.key, spec_b.to_bytes())
-        python_b = ensure_environment(spec_b.key, store, base / "machine-a")
+        python_b = ensure_environment(spec_b.key, store, base / "machine-a", wait_for_upload=False)
         bump_s = time.perf_counter() - started
+        wait_for_uploads()
         expected_b = dict(expected, toolz=BUMP[1].split("==")[1])
         _check_versions(python_b, expected_b, env)
-        packed = store_root / "envs" / "packed"
-        packed_mb = sum(p.stat().st_size for p in packed.iterdir()) / 2 / 1e6
 
     table = Table(title="Environment cache: 10 packages, warm uv cache (same run)")
     for column in ("row", "seconds", "ratio", "target", "result"):
@@ -210,11 +230,18 @@ def main() -> int:
         verdict(cold_s <= 1.3 * uv_s),
     )
     table.add_row(
-        "Meadow warm hit (other process, unpack)",
-        f"{warm_s:.2f}",
+        "Meadow warm hit, other machine (other process, unpack)",
+        f"{warm_s:.3f}",
         f"{warm_s / cold_s:.1%} of cold",
         "<= 5 %",
         verdict(warm_s <= 0.05 * cold_s),
+    )
+    table.add_row(
+        "Meadow warm hit, this machine (other process, lookup)",
+        f"{local_s:.4f}",
+        f"{local_s / cold_s:.1%} of cold",
+        "<= 5 %",
+        verdict(local_s <= 0.05 * cold_s),
     )
     table.add_row(
         f"Meadow one package bumped ({BUMP[0]} -> {BUMP[1]})",
@@ -225,7 +252,9 @@ def main() -> int:
     )
     console.print(table)
     console.print(
-        f"packed environment in the store: {packed_mb:.1f} MB (gzip level 1); "
+        f"packed into the store in the background: {archive.rsplit('/', 1)[-1]} "
+        f"{packed_mb:.1f} MB, stored {stored_s:.2f}s after the cold start "
+        f"({stored_s - cold_s:.2f}s after the interpreter was ready); "
         f"CPUs {os.cpu_count()}, load {os.getloadavg()[0]:.2f}"
     )
     return 0

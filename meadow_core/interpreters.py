@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import functools
 import os
 import platform
 import re
@@ -146,25 +147,47 @@ def _toml(path: Path, text: str, regenerate: str) -> dict[str, Any]:
         ) from exc
 
 
+@functools.cache
 def uv_binary() -> str:
-    """The uv executable: on PATH, or the one the ``uv`` wheel (a Meadow dependency)
-    ships."""
-    found = shutil.which("uv")
-    if found:
-        return found
+    """The uv executable: the one the ``uv`` wheel (a Meadow dependency) ships, else the
+    one on PATH. The wheel's comes first: it is the version Meadow declares, and a
+    ``uv`` on PATH may be a shim (pyenv's costs about 0.2 s a call, and Meadow makes
+    several calls per environment)."""
     try:
         import uv
 
         return str(uv.find_uv_bin())
-    except (ImportError, FileNotFoundError) as exc:
-        raise InvalidRequestError(
-            "uv is needed to resolve and build environments; pip install uv"
-        ) from exc
+    except (ImportError, FileNotFoundError):
+        pass
+    found = shutil.which("uv")
+    if found:
+        return found
+    raise InvalidRequestError("uv is needed to resolve and build environments; pip install uv")
 
 
 def _resolution_cache() -> Path:
     base = os.environ.get("MEADOW_CACHE_DIR") or platformdirs.user_cache_dir("meadow")
     return Path(base) / "resolved"
+
+
+def _uv_offline_first(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run uv with ``--offline`` first: if uv's cache alone answers, the requirements
+    resolve (asking the index costs about 0.5 s even with a warm cache); otherwise ask
+    the index, whose answer (and error message) is the one that counts."""
+    env = dict(os.environ, UV_PYTHON_DOWNLOADS=os.environ.get("UV_PYTHON_DOWNLOADS", "never"))
+    result = subprocess.CompletedProcess[str](args, 1, "", "")
+    for extra in (["--offline"], []):
+        result = subprocess.run(
+            [uv_binary(), *args, *extra],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode == 0:
+            break
+    return result
 
 
 def check_resolvable(spec: EnvironmentSpec, source: str) -> EnvironmentSpec:
@@ -187,15 +210,10 @@ def check_resolvable(spec: EnvironmentSpec, source: str) -> EnvironmentSpec:
             args += [spec.python_version, "--no-header", "--quiet", "-o", "out.txt"]
             if spec.platform in _UV_PLATFORMS:
                 args += ["--python-platform", _UV_PLATFORMS[spec.platform]]
-        env = dict(os.environ, UV_PYTHON_DOWNLOADS=os.environ.get("UV_PYTHON_DOWNLOADS", "never"))
-        result = subprocess.run(
-            [uv_binary(), *args],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+            if spec.python_version == f"{sys.version_info.major}.{sys.version_info.minor}":
+                # Our own interpreter: spares uv a search of PATH (shims can be slow).
+                args += ["--python", sys.executable]
+        result = _uv_offline_first(args, folder)
         if result.returncode != 0:
             words = (result.stderr or result.stdout).strip()
             raise InvalidRequestError(
