@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -59,8 +60,15 @@ log = logging.getLogger("meadow.aws")
 
 #: A serving instance whose heartbeat is older than this is presumed dead.
 HEARTBEAT_STALE_SECONDS = 30.0
+#: How long a launched instance may take to boot before its first heartbeat.
+BOOT_GRACE_SECONDS = 240.0
 #: How often a watching caller checks that its job still has live workers.
 SUPERVISE_SECONDS = 5.0
+#: Content-addressed objects known to be in a bucket are not checked again for this long
+#: (their prefixes never expire; the limit covers an uninstall and reinstall).
+KNOWN_PRESENT_SECONDS = 600.0
+_SHARED: dict[tuple[Any, ...], dict[str, Any]] = {}
+_SHARED_LOCK = threading.Lock()
 #: Where environments built on this machine for a bucket are cached.
 _ENV_CACHE = Path(platformdirs.user_cache_dir("meadow")) / "aws-envs"
 
@@ -83,15 +91,24 @@ class AllocEC2Instance(Host):
     iam_role_instance_profile: str | None = None
     idle_timeout: float = 300.0
 
-    def __post_init__(self) -> None:
-        self._state: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._state = {}
+    @property
+    def _state(self) -> dict[str, Any]:
+        """Clients, catalog and caches, shared by every equal host in this process
+        (orchestrators create or unpickle a host per task; the catalog alone takes
+        ~150 ms to load) and keyed by the AWS environment, so a switch of endpoint or
+        profile never reuses another account's answers."""
+        groups = self.security_group_ids
+        key = (
+            self.region_name,
+            self.ami_id,
+            self.subnet_id,
+            groups if isinstance(groups, str) or groups is None else tuple(groups),
+            self.iam_role_instance_profile,
+            self.idle_timeout,
+            session.environment_key(),
+        )
+        with _SHARED_LOCK:
+            return _SHARED.setdefault(key, {})
 
     # -- lazily made parts (none at construction: a host is cheap and picklable) --------
 
@@ -159,6 +176,14 @@ class AllocEC2Instance(Host):
         )
 
     def _check_network(self) -> tuple[str | None, list[str]]:
+        cached = self._state.get("network")
+        if cached is not None and time.monotonic() - cached[0] < KNOWN_PRESENT_SECONDS:
+            return cached[1]  # type: ignore[no-any-return]
+        network = self._resolve_network()
+        self._state["network"] = (time.monotonic(), network)
+        return network
+
+    def _resolve_network(self) -> tuple[str | None, list[str]]:
         groups = (
             [self.security_group_ids]
             if isinstance(self.security_group_ids, str)
@@ -194,14 +219,28 @@ class AllocEC2Instance(Host):
     ) -> bool:
         network = self._check_network()
         store = self.store
+        known: dict[str, float] = self._state.setdefault("known_present", {})
+        now = time.monotonic()
 
         def upload(item: tuple[str, bytes | Path]) -> None:
             key, data = item
+            if now - known.get(key, -KNOWN_PRESENT_SECONDS) < KNOWN_PRESENT_SECONDS:
+                return
             if not store.exists(key):
                 store.put(key, data.read_bytes() if isinstance(data, Path) else data)
+            known[key] = now
 
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(upload, objects.items()))
+        missing = [
+            item
+            for item in objects.items()
+            if item[0] not in known or now - known[item[0]] >= KNOWN_PRESENT_SECONDS
+        ]
+        if len(missing) <= 2:
+            for item in missing:
+                upload(item)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                list(pool.map(upload, missing))
         if spec.environment.env_spec:
             self._prepare_environment(spec.environment.env_spec)
         created = self.registry.put_job(
@@ -227,8 +266,14 @@ class AllocEC2Instance(Host):
     def _prepare_environment(self, spec_key: str) -> None:
         """Build the environment here once and pack it into S3, so instances unpack it
         instead of resolving and installing it each (and need no package index)."""
-        if stored_archive(spec_key, self.store) is not None:
+        known: dict[str, float] = self._state.setdefault("known_present", {})
+        if time.monotonic() - known.get(spec_key + "#archive", -1e9) < KNOWN_PRESENT_SECONDS:
             return
+        if stored_archive(spec_key, self.store) is None:
+            self._build_environment(spec_key)
+        known[spec_key + "#archive"] = time.monotonic()
+
+    def _build_environment(self, spec_key: str) -> None:
         cache = _ENV_CACHE / self.store.bucket
         # The bucket lacks it (a new bucket, say): a local copy must be packed again.
         (cache / spec_key.rsplit("/", 1)[-1] / ".shared").unlink(missing_ok=True)
@@ -331,6 +376,8 @@ class AllocEC2Instance(Host):
         return str(self._state["user_data"])
 
     def _serve(self, instance_id: str, job_id: str, workers: int) -> None:
+        """Ring the instance's doorbell: it reads its allocations from the registry."""
+        self._state.setdefault("served", {}).setdefault(job_id, set()).add(instance_id)
         url = self.queues.url(transport.control_queue_name(instance_id))
         if url is None:
             url = self.queues.create(transport.control_queue_name(instance_id))
@@ -346,7 +393,12 @@ class AllocEC2Instance(Host):
             allocation = record.allocations.get(spec.job_id)
             if allocation is None:
                 continue
-            if record.accepts_work and now - record.last_heartbeat < HEARTBEAT_STALE_SECONDS:
+            booting = (
+                record.last_heartbeat - record.launched_at < 1.0
+                and now - record.launched_at < BOOT_GRACE_SECONDS
+            )
+            fresh = now - record.last_heartbeat < HEARTBEAT_STALE_SECONDS
+            if record.accepts_work and (fresh or booting):
                 live += int(allocation["workers"])
             else:
                 self.registry.release(record.instance_id, spec.job_id)
@@ -372,17 +424,29 @@ class AllocEC2Instance(Host):
             if job_watch.all_delivered:
                 await asyncio.to_thread(self._finish, job_id, "done", job_watch)
 
+    async def _result_queue(self, job_watch: JobWatch, new: bool) -> str | None:
+        """The job's result queue. A new job's appears in this process's cache the
+        moment ``submit`` creates it (no request, no polling delay)."""
+        name = transport.result_queue_name(job_watch.job_id)
+        last_lookup = time.monotonic()
+        url = self.queues.cached_url(name) or await asyncio.to_thread(self.queues.url, name)
+        while url is None:
+            await asyncio.sleep(0.005 if new else 0.2)
+            url = self.queues.cached_url(name)
+            if url is None and time.monotonic() - last_lookup > 0.5:
+                last_lookup = time.monotonic()
+                if not new and await self.get_job(job_watch.job_id) is None:
+                    job_watch.on_unknown()
+                    return None
+                url = await asyncio.to_thread(self.queues.url, name)
+        return url
+
     async def _follow(self, job_watch: JobWatch, new: bool) -> None:
         job_id = job_watch.job_id
-        name = transport.result_queue_name(job_id)
         try:
-            url = await asyncio.to_thread(self.queues.url, name)
-            while url is None:
-                if not new and await self.get_job(job_id) is None:
-                    job_watch.on_unknown()
-                    return
-                await asyncio.sleep(0.2)
-                url = await asyncio.to_thread(self.queues.url, name)
+            url = await self._result_queue(job_watch, new)
+            if url is None:
+                return
             if not new:
                 for outcome in await self.results(job_id):
                     job_watch.on_result(outcome)
@@ -411,7 +475,7 @@ class AllocEC2Instance(Host):
             job_watch.on_error(exc)
 
     def _finish(self, job_id: str, state: str, job_watch: JobWatch | None = None) -> None:
-        """The job is over: record it, drop its queues, free its workers."""
+        """The job is over: record it, drop its queues, free its workers (at once)."""
         fields: dict[str, Any] = {"state": state, "finished": time.time()}
         if job_watch is not None:
             fields["num_done"] = len(job_watch.final)
@@ -420,12 +484,21 @@ class AllocEC2Instance(Host):
             )
             if fields["num_failed"]:
                 fields["state"] = "failed"
-        self.registry.update_job(job_id, fields)
-        for name in (transport.job_queue_name(job_id), transport.result_queue_name(job_id)):
-            self.queues.delete_queue(name)
-        for record in self.registry.list():
-            if job_id in record.allocations:
-                self.registry.release(record.instance_id, job_id)
+        served: set[str] | None = self._state.get("served", {}).pop(job_id, None)
+        holders = (
+            served
+            if served is not None
+            else {r.instance_id for r in self.registry.list() if job_id in r.allocations}
+        )
+        with concurrent.futures.ThreadPoolExecutor(4 + len(holders)) as pool:
+            jobs: list[concurrent.futures.Future[Any]] = [
+                pool.submit(self.registry.update_job, job_id, fields),
+                pool.submit(self.queues.delete_queue, transport.job_queue_name(job_id)),
+                pool.submit(self.queues.delete_queue, transport.result_queue_name(job_id)),
+                *(pool.submit(self.registry.release, i, job_id) for i in holders),
+            ]
+            for job in jobs:
+                job.result()
 
     # -- Host: the rest --------------------------------------------------------------------
 

@@ -121,28 +121,38 @@ class _JobServer:
 
     def grow(self, workers: int) -> None:
         """More workers for this job (a second allocation onto this instance)."""
-        self.tasks += [asyncio.ensure_future(self._loop(i)) for i in range(self.workers, workers)]
+        self.tasks += [
+            _background(self._loop(i), f"job {self.job_id}") for i in range(self.workers, workers)
+        ]
         self.workers = max(self.workers, workers)
 
     async def _loop(self, index: int) -> None:
         agent = self.agent
-        queue_url = await agent.call(agent.queues.url, transport.job_queue_name(self.job_id))
-        idle_since = time.monotonic()
-        while not self.stopped and not agent.interrupted and queue_url is not None:
-            try:
-                messages = await agent.call(
-                    agent.queues.receive, queue_url, 2, 1, transport.TASK_VISIBILITY_SECONDS
-                )
-            except agent.sqs.exceptions.QueueDoesNotExist:
-                break  # the caller finished or cancelled the job
-            if not messages:
-                if time.monotonic() - idle_since > JOB_DRAIN_SECONDS and not self.running:
-                    break
-                continue
-            await self._run(queue_url, messages[0])
+        try:
+            queue_url = await agent.call(agent.queues.url, transport.job_queue_name(self.job_id))
             idle_since = time.monotonic()
-        if all(t.done() or t is asyncio.current_task() for t in self.tasks):
-            await agent.job_finished(self)
+            while not self.stopped and not agent.interrupted and queue_url is not None:
+                try:
+                    messages = await agent.call(
+                        agent.queues.receive, queue_url, 2, 1, transport.TASK_VISIBILITY_SECONDS
+                    )
+                except agent.sqs.exceptions.QueueDoesNotExist:
+                    break  # the caller finished or cancelled the job
+                if not messages:
+                    if time.monotonic() - idle_since > JOB_DRAIN_SECONDS and not self.running:
+                        break
+                    continue
+                try:
+                    await self._run(queue_url, messages[0])
+                except agent.sqs.exceptions.QueueDoesNotExist:
+                    break  # the job ended while this task ran (its result is stored)
+                except Exception:
+                    # The message reappears after its visibility timeout: a retry, not a loss.
+                    log.exception("task of job %s failed in the relay", self.job_id)
+                idle_since = time.monotonic()
+        finally:
+            if all(t.done() or t is asyncio.current_task() for t in self.tasks):
+                await agent.job_finished(self)
 
     async def _run(self, queue_url: str, message: dict[str, Any]) -> None:
         agent = self.agent
@@ -345,9 +355,32 @@ class InstanceAgent:
     async def job_finished(self, server: _JobServer) -> None:
         if self.jobs.get(server.job_id) is server:
             del self.jobs[server.job_id]
+            self.queues.forget(transport.job_queue_name(server.job_id))
+            self.queues.forget(transport.result_queue_name(server.job_id))
             self.last_busy = time.monotonic()
             with contextlib.suppress(Exception):
                 await self.call(self.registry.release, self.instance_id, server.job_id)
+
+    async def _reconcile(self) -> None:
+        """Serve exactly what the registry allocated here.
+
+        The registry is the source of truth; a ``serve`` message is only a doorbell.
+        So a lost doorbell (a caller killed between allocating and ringing) costs one
+        heartbeat period, and an allocation nobody serves can never keep the instance
+        from going idle.
+        """
+        record = await self.call(self.registry.get, self.instance_id)
+        if record is None:
+            return
+        for job_id, allocation in record.allocations.items():
+            workers = int(allocation["workers"])
+            server = self.jobs.get(job_id)
+            if server is None or server.stopped:
+                server = _JobServer(self, job_id, workers)
+                self.jobs[job_id] = server
+                server.start()
+            elif workers > server.workers:
+                server.grow(workers)
 
     async def _control(self) -> None:
         name = transport.control_queue_name(self.instance_id)
@@ -356,25 +389,21 @@ class InstanceAgent:
             url = await self.call(self.queues.url, name)
             if url is None:
                 await asyncio.sleep(1)
+        await self._reconcile()
         while not self.interrupted:
-            messages = await self.call(self.queues.receive, url, 1, 10)
-            for message in messages:
-                body = transport.decode(message["Body"])
-                job_id = body["job_id"]
-                if body["op"] == "serve":
-                    server = self.jobs.get(job_id)
-                    if server is None or server.stopped:
-                        server = _JobServer(self, job_id, int(body["workers"]))
-                        self.jobs[job_id] = server
-                        server.start()
-                    else:
-                        server.grow(server.workers + int(body["workers"]))
-                elif body["op"] == "cancel" and job_id in self.jobs:
-                    await self.jobs[job_id].cancel()
+            # A long poll returns as soon as a message arrives; 20 s keeps an idle
+            # instance to a few requests a minute.
+            messages = await self.call(self.queues.receive, url, 20, 10)
             if messages:
                 await self.call(
                     self.queues.delete_messages, url, [m["ReceiptHandle"] for m in messages]
                 )
+            bodies = [transport.decode(m["Body"]) for m in messages]
+            for body in bodies:
+                if body["op"] == "cancel" and body["job_id"] in self.jobs:
+                    await self.jobs[body["job_id"]].cancel()
+            if any(body["op"] == "serve" for body in bodies):
+                await self._reconcile()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -382,6 +411,7 @@ class InstanceAgent:
                 self.last_busy = time.monotonic()
             try:
                 await self.call(self.registry.heartbeat, self.instance_id)
+                await self._reconcile()
             except Exception:
                 log.exception("heartbeat failed")
             idle = time.monotonic() - self.last_busy
@@ -390,6 +420,7 @@ class InstanceAgent:
                 if won:
                     log.info("idle for %.0fs: terminating %s", idle, self.instance_id)
                     return
+                self.last_busy = time.monotonic()  # a caller allocated meanwhile
             await asyncio.sleep(min(HEARTBEAT_SECONDS, max(0.5, self.idle_timeout / 4)))
 
     async def _watch_spot(self) -> None:

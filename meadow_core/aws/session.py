@@ -73,6 +73,12 @@ def _env_key() -> tuple[str | None, ...]:
     return tuple(os.environ.get(name) for name in _ENV_KEYS)
 
 
+def environment_key() -> tuple[str | None, ...]:
+    """What decides who boto3 is and where it talks to: caches keyed by it never
+    serve one account's (or the dev cloud's) answers to another."""
+    return _env_key()
+
+
 def _session() -> boto3.session.Session:
     # boto3 sessions are not thread-safe to create; clients made from them are safe to share.
     key = _env_key()

@@ -104,6 +104,10 @@ class Queues:
         self._urls[name] = url
         return url
 
+    def cached_url(self, name: str) -> str | None:
+        """The URL if this object created or looked up the queue (no request)."""
+        return self._urls.get(name)
+
     def forget(self, name: str) -> None:
         self._urls.pop(name, None)
 

@@ -25,6 +25,7 @@ import meadow_core as mc
 from meadow_core.aws import admin, session
 from meadow_core.aws.devcloud.simulator import DevCloud
 from meadow_core.aws.host import AllocEC2Instance
+from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.errors import UnsatisfiableResourcesError
 from tests.aws import ec2_tasks
 
@@ -74,13 +75,28 @@ def _terminate_all() -> None:
         _ec2().terminate_instances(InstanceIds=ids)
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def _diagnosis(cloud: DevCloud | None) -> str:
+    """What the instances were doing: their agents' logs and the registry."""
+    if cloud is None:
+        return ""
+    parts = []
+    for record in InstanceRegistry(boto3.client("dynamodb", region_name=REGION)).list():
+        parts.append(f"registry: {record.instance_id} {record.state} {record.allocations}")
+    for vm in cloud.vms():
+        for log in (cloud.state_dir / "vms" / vm / "fs" / "var-lib-meadow").glob("*.log"):
+            parts.append(f"--- {vm} {log.name}\n{log.read_text()[-3000:]}")
+    return "\n".join(parts)
+
+
+def _wait(
+    predicate: Callable[[], bool], timeout: float, what: str, cloud: DevCloud | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{_diagnosis(cloud)}")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +180,12 @@ def test_map_over_three_instances_delivers_every_result_once(
 
 def test_idle_instances_terminate_themselves(cloud: DevCloud) -> None:
     assert _instances(), "the earlier tests left warm instances to watch"
-    _wait(lambda: not _instances(), IDLE_TIMEOUT + 45, "idle instances to terminate themselves")
+    _wait(
+        lambda: not _instances(),
+        IDLE_TIMEOUT + 45,
+        "idle instances to terminate themselves",
+        cloud,
+    )
     _wait(lambda: not cloud.vms(), 15, "the simulator to destroy the VMs")
 
 
@@ -259,7 +280,7 @@ def test_caller_killed_mid_map_leaves_no_instance_after_the_idle_timeout(
     finally:
         caller.send_signal(signal.SIGKILL)
         caller.wait()
-    _wait(lambda: not _instances(), IDLE_TIMEOUT + 90, "the orphaned instance to end itself")
+    _wait(lambda: not _instances(), IDLE_TIMEOUT + 90, "the orphaned instance to end itself", cloud)
 
 
 def test_resources_larger_than_any_type_fail_before_any_launch(cloud: DevCloud) -> None:
