@@ -67,9 +67,15 @@ def poll(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2)
 
 
 def task_runs(
-    client: SyncPrefectClient, flow_run_id: uuid.UUID, count: int, final: bool = True
+    client: SyncPrefectClient,
+    flow_run_id: uuid.UUID,
+    count: int,
+    final: bool = True,
+    ready: Callable[[list[TaskRun]], bool] | None = None,
 ) -> list[TaskRun]:
-    """The flow run's task runs once ``count`` of them are recorded (in final states)."""
+    """The flow run's task runs once ``count`` of them are recorded (in final states,
+    or satisfying ``ready``): the API records states asynchronously, a bit later under
+    load."""
 
     def check() -> list[TaskRun] | None:
         runs: list[TaskRun] = []
@@ -85,6 +91,8 @@ def task_runs(
         if len(runs) < count:
             return None
         if final and not all(r.state is not None and r.state.is_final() for r in runs):
+            return None
+        if ready is not None and not ready(runs):
             return None
         return runs
 

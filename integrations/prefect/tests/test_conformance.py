@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from conftest import task_runs
 from meadow_prefect import MeadowTaskRunner
@@ -63,7 +64,11 @@ def test_failure_propagates_to_downstream(host: LocalHost, client: SyncPrefectCl
     upstream, downstream = state.result(raise_on_failure=False)
     assert upstream.is_failed()
     assert downstream.type == StateType.PENDING and downstream.name == "NotReady"
-    runs = task_runs(client, state.state_details.flow_run_id, 2, final=False)
+    def recorded(runs: list[Any]) -> bool:
+        names = {r.state.name for r in runs if r.state is not None}
+        return "Failed" in names and "NotReady" in names
+
+    runs = task_runs(client, state.state_details.flow_run_id, 2, final=False, ready=recorded)
     by_name = {r.task_key.split("-")[0] if r.task_key else r.name: r for r in runs}
     assert any(r.state is not None and r.state.is_failed() for r in runs)
     assert any(r.state is not None and r.state.name == "NotReady" for r in runs), by_name
