@@ -30,6 +30,7 @@ from meadow_core.code_snapshot import build_snapshot
 from meadow_core.deployment import Deployment
 from meadow_core.errors import InvalidRequestError, JobNotFoundError, SerializationError
 from meadow_core.hosts.base import Host
+from meadow_core.interpreters import detect_local_interpreter
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import Resources
 from meadow_core.results import (
@@ -109,6 +110,12 @@ async def _prepare(
     if not isinstance(deployment, Deployment):
         raise InvalidRequestError(
             f"deployment must be a meadow_core.Deployment, got {type(deployment).__name__}"
+        )
+    if host.runs_elsewhere and deployment.code is None and deployment.environment is None:
+        # Nothing of this machine can be used in place there: mirror code and packages.
+        deployment = await Deployment.mirror_local(
+            interpreter=detect_local_interpreter(),
+            environment_variables=deployment.environment_variables,
         )
     if sidecar_containers:
         raise NotImplementedError("sidecar_containers are not implemented yet")

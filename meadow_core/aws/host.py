@@ -84,6 +84,8 @@ class AllocEC2Instance(Host):
     without work before it terminates itself.
     """
 
+    runs_elsewhere = True
+
     region_name: str | None = None
     ami_id: str | None = None
     subnet_id: str | None = None
@@ -167,7 +169,8 @@ class AllocEC2Instance(Host):
         return Resources(logical_cpu=1, memory_gb=2)
 
     def environment(self, environment_variables: Mapping[str, str]) -> Environment:
-        """The instance agent's own interpreter; with no snapshot it has no user code."""
+        """The instance agent's own interpreter (the API mirrors the caller's code and
+        packages into every job here, so this is only the base it replaces)."""
         return Environment(
             interpreter="python3",
             sys_path=[],

@@ -19,7 +19,12 @@ from meadow_core.watch import JobWatch
 
 
 class Host(abc.ABC):
-    """Where to run a job: ``LocalHost`` now; ``AllocEC2Instance`` and ``AllocAzureVM`` later."""
+    """Where to run a job: ``LocalHost``, ``AllocEC2Instance`` (``AllocAzureVM`` later)."""
+
+    #: The host's machines do not share this one's files: there the default
+    #: ``Deployment()`` means "mirror the caller's code and environment" (Meadowrun's
+    #: ``mirror_local()``), as nothing can be used in place.
+    runs_elsewhere: bool = False
 
     @abc.abstractmethod
     def check_resources(self, resources: Resources) -> None:

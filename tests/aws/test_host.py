@@ -1,0 +1,70 @@
+"""AllocEC2Instance checks that need moto but no VM: what the API does before a launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+
+import meadow_core as mc
+from meadow_core import api
+from meadow_core.aws import session
+from meadow_core.aws.host import AllocEC2Instance
+from tests.aws import ec2_tasks
+
+REGION = "us-east-2"
+
+
+def _no_instances() -> bool:
+    reservations = boto3.client("ec2", region_name=REGION).describe_instances()["Reservations"]
+    return not [i for r in reservations for i in r["Instances"]]
+
+
+def test_the_default_deployment_mirrors_code_and_packages(aws_env: dict[str, str]) -> None:
+    """Nothing of the caller's machine exists on an instance, so `Deployment()` means
+    Meadowrun's mirror_local(): the code on sys.path as a snapshot, the packages rebuilt."""
+    prepared = api.portal.call(
+        api._prepare(AllocEC2Instance(region_name=REGION), None, None, None, None)
+    )
+    assert prepared.deployment.code is not None
+    assert prepared.deployment.environment is not None
+    assert prepared.deployment.environment.kind in ("requirements", "uv_project")
+    assert _no_instances()
+
+
+def test_subnet_and_security_group_from_different_vpcs_fail_before_any_launch(
+    aws_env: dict[str, str],
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.43.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.43.1.0/24")["Subnet"]["SubnetId"]
+    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    group = ec2.create_security_group(
+        GroupName="elsewhere", Description="x", VpcId=default_vpc[0]["VpcId"]
+    )["GroupId"]
+    host = AllocEC2Instance(region_name=REGION, subnet_id=subnet, security_group_ids=[group])
+    with pytest.raises(session.NetworkConfigurationError, match=subnet):
+        mc.run_function_sync(
+            ec2_tasks.instance_id,
+            host=host,
+            resources=mc.Resources(logical_cpu=1, memory_gb=1),
+            deployment=mc.Deployment(),
+        )
+    assert _no_instances()
+
+
+def test_missing_credentials_fail_before_anything(
+    aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(session.MissingCredentialsError, match="AWS_ACCESS_KEY_ID"):
+        mc.run_function_sync(
+            ec2_tasks.instance_id,
+            host=AllocEC2Instance(region_name=REGION),
+            resources=mc.Resources(logical_cpu=1, memory_gb=1),
+        )
