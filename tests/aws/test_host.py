@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import pytest
 
 import meadow_core as mc
@@ -68,3 +69,44 @@ def test_missing_credentials_fail_before_anything(
             host=AllocEC2Instance(region_name=REGION),
             resources=mc.Resources(logical_cpu=1, memory_gb=1),
         )
+
+
+def test_a_capacity_error_launches_the_next_choice(aws_env: dict[str, str]) -> None:
+    """moto never runs out of capacity, so the error is injected at the client boundary
+    (botocore's own event hook); the launch must go on with another instance type."""
+    from meadow_core.aws import admin
+
+    admin.install(REGION, publish_bundle=False)
+    refused: list[str] = []
+
+    def no_capacity(params: dict[str, object], **_: object) -> None:
+        if not refused:
+            refused.append(str(params["InstanceType"]))
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "InsufficientInstanceCapacity", "Message": "none left"}},
+                "RunInstances",
+            )
+
+    ec2 = session.client("ec2", REGION)
+    ec2.meta.events.register("before-parameter-build.ec2.RunInstances", no_capacity)
+    try:
+        handle = mc.run_function_sync(
+            ec2_tasks.instance_id,
+            host=AllocEC2Instance(region_name=REGION),
+            resources=mc.Resources(logical_cpu=2, memory_gb=4, max_eviction_rate=0),
+            deployment=mc.Deployment(),
+            wait_for_result=False,
+        )
+        reservations = ec2.describe_instances()["Reservations"]
+        launched = [i["InstanceType"] for r in reservations for i in r["Instances"]]
+        assert refused and launched and refused[0] not in launched
+        handle.cancel_sync()
+    finally:
+        ec2.meta.events.unregister("before-parameter-build.ec2.RunInstances", no_capacity)
+        ids = [
+            i["InstanceId"]
+            for r in ec2.describe_instances()["Reservations"]
+            for i in r["Instances"]
+        ]
+        if ids:
+            ec2.terminate_instances(InstanceIds=ids)
