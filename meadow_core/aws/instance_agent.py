@@ -299,6 +299,7 @@ class InstanceAgent:
         self.registry = InstanceRegistry(session.client("dynamodb"), table)
         self.idle_timeout = idle_timeout
         self.jobs: dict[str, _JobServer] = {}
+        self.archives: dict[str, str | None] = {}  # environment spec -> archive key
         self.interrupted = False
         self.last_busy = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64)
@@ -337,7 +338,12 @@ class InstanceAgent:
         environment = spec.environment
         if environment.env_spec:
             keys.append(environment.env_spec)
-            packed = stored_archive(environment.env_spec, self.remote)
+            if environment.env_spec not in self.archives:
+                # Once per environment, not per task: a map's tasks all share it.
+                self.archives[environment.env_spec] = stored_archive(
+                    environment.env_spec, self.remote
+                )
+            packed = self.archives[environment.env_spec]
             if packed is not None:
                 keys.append(packed)
         for key in keys:

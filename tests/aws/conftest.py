@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,13 @@ def devcloud(
     `aws_env` (which resets moto, so the previous test's VMs are destroyed).
     """
     require_vm_host()
-    cloud = DevCloud.start(tmp_path_factory.mktemp("devcloud"), moto_url=moto_server.url)
+    # The tests' user data runs this venv's Python (boto3 inside); wherever the checkout
+    # lives (say under /tmp, which each VM has its own of), the VMs must see it.
+    cloud = DevCloud.start(
+        tmp_path_factory.mktemp("devcloud"),
+        moto_url=moto_server.url,
+        shared_paths=(sys.prefix,),
+    )
     try:
         yield cloud
     finally:
