@@ -30,6 +30,7 @@ from typing import Any
 import platformdirs
 
 from meadow_core import protocol
+from meadow_core.agent.capacity import DEFAULT_TASK_CPU
 from meadow_core.allocation.selection import (
     NoCapacityError,
     Plan,
@@ -60,6 +61,8 @@ log = logging.getLogger("meadow.aws")
 
 #: A serving instance whose heartbeat is older than this is presumed dead.
 HEARTBEAT_STALE_SECONDS = 30.0
+#: A running instance silent this long is terminated by the caller that notices.
+DEAD_SECONDS = 120.0
 #: How long a launched instance may take to boot before its first heartbeat.
 BOOT_GRACE_SECONDS = 240.0
 #: How often a watching caller checks that its job still has live workers.
@@ -258,6 +261,7 @@ class AllocEC2Instance(Host):
         )
         if not created:
             return False
+        self._state.setdefault("created", set()).add(spec.job_id)
         store.put(transport.spec_key(spec.job_id), protocol.pack(spec.to_wire()))
         job_url = self.queues.create(transport.job_queue_name(spec.job_id))
         self.queues.create(transport.result_queue_name(spec.job_id))
@@ -284,12 +288,26 @@ class AllocEC2Instance(Host):
 
     # -- allocation ---------------------------------------------------------------------
 
+    @staticmethod
+    def _alive(record: InstanceRecord, now: float) -> bool:
+        """Running and heartbeating (or still booting): worth allocating to."""
+        booting = (
+            record.last_heartbeat - record.launched_at < 1.0
+            and now - record.launched_at < BOOT_GRACE_SECONDS
+        )
+        fresh = now - record.last_heartbeat < HEARTBEAT_STALE_SECONDS
+        return record.accepts_work and (fresh or booting)
+
     def _warm(self) -> list[WarmInstance]:
-        return [r.as_warm() for r in self.registry.list() if r.accepts_work]
+        now = time.time()
+        return [r.as_warm() for r in self.registry.list() if self._alive(r, now)]
 
     def _allocate(self, spec: JobSpec, workers: int, network: tuple[str | None, list[str]]) -> None:
         """Place ``workers`` workers of ``spec`` on warm instances, then new ones."""
         resources = Resources.from_wire(dict(spec.resources))
+        if resources.logical_cpu is None:
+            # What selection plans per worker; the registry must book the same.
+            resources = dataclasses.replace(resources, logical_cpu=DEFAULT_TASK_CPU)
         offers = self.catalog.offers()
         remaining = workers
         where = f"EC2 {self.region}"
@@ -383,10 +401,11 @@ class AllocEC2Instance(Host):
         self._state.setdefault("served", {}).setdefault(job_id, set()).add(instance_id)
         url = self.queues.url(transport.control_queue_name(instance_id))
         if url is None:
-            url = self.queues.create(transport.control_queue_name(instance_id))
-        self.queues.send(
-            url, [transport.encode({"op": "serve", "job_id": job_id, "workers": workers})]
-        )
+            return  # the instance is ending; its allocation goes stale and is replaced
+        with contextlib.suppress(self.queues.sqs.exceptions.QueueDoesNotExist):
+            self.queues.send(
+                url, [transport.encode({"op": "serve", "job_id": job_id, "workers": workers})]
+            )
 
     def _supervise(self, spec: JobSpec, remaining: int) -> None:
         """Top up a job whose serving instances died or were interrupted."""
@@ -396,19 +415,28 @@ class AllocEC2Instance(Host):
             allocation = record.allocations.get(spec.job_id)
             if allocation is None:
                 continue
-            booting = (
-                record.last_heartbeat - record.launched_at < 1.0
-                and now - record.launched_at < BOOT_GRACE_SECONDS
-            )
-            fresh = now - record.last_heartbeat < HEARTBEAT_STALE_SECONDS
-            if record.accepts_work and (fresh or booting):
+            if self._alive(record, now):
                 live += int(allocation["workers"])
             else:
                 self.registry.release(record.instance_id, spec.job_id)
+                self._retire_if_dead(record, now)
         wanted = min(remaining, spec.num_concurrent_tasks or remaining)
         if live < wanted:
             log.info("job %s has %d live workers of %d; allocating more", spec.job_id, live, wanted)
             self._allocate(spec, wanted - live, self._check_network())
+
+    def _retire_if_dead(self, record: InstanceRecord, now: float) -> None:
+        """An instance silent for long (killed, failed to boot, agent crashed) is marked
+        terminating, so nobody allocates to it, and terminated; it is Meadow's (tagged)."""
+        if now - record.last_heartbeat < DEAD_SECONDS or record.state != "running":
+            return
+        log.warning(
+            "instance %s has been silent for %.0fs; terminating it",
+            record.instance_id,
+            now - record.last_heartbeat,
+        )
+        if self.registry.mark_terminating(record.instance_id):
+            self._client("ec2").terminate_instances(InstanceIds=[record.instance_id])
 
     # -- watching ------------------------------------------------------------------------
 
@@ -425,11 +453,18 @@ class AllocEC2Instance(Host):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
             if job_watch.all_delivered:
-                await asyncio.to_thread(self._finish, job_id, "done", job_watch)
+                try:
+                    await asyncio.to_thread(self._finish, job_id, protocol.JOB_SUCCEEDED, job_watch)
+                except Exception:
+                    # Every result is delivered; instances release themselves once the
+                    # queues are gone, and `meadow aws clean` removes what is left.
+                    log.warning("could not clean up after job %s", job_id, exc_info=True)
 
     async def _result_queue(self, job_watch: JobWatch, new: bool) -> str | None:
-        """The job's result queue. A new job's appears in this process's cache the
-        moment ``submit`` creates it (no request, no polling delay)."""
+        """The job's result queue, or None when there is none to follow: the job is
+        unknown (``on_unknown``) or over (its stored outcomes are replayed, then
+        ``on_done``). A job this process just created appears in its own cache the
+        moment ``submit`` creates the queue (no request, no polling delay)."""
         name = transport.result_queue_name(job_watch.job_id)
         last_lookup = time.monotonic()
         url = self.queues.cached_url(name) or await asyncio.to_thread(self.queues.url, name)
@@ -438,11 +473,33 @@ class AllocEC2Instance(Host):
             url = self.queues.cached_url(name)
             if url is None and time.monotonic() - last_lookup > 0.5:
                 last_lookup = time.monotonic()
-                if not new and await self.get_job(job_watch.job_id) is None:
+                record = await self.get_job(job_watch.job_id)
+                if record is None and not new:
                     job_watch.on_unknown()
+                    return None
+                if record is not None and record.state in protocol.TERMINAL_JOB_STATES:
+                    for outcome in await self.results(job_watch.job_id):
+                        job_watch.on_result(outcome)
+                    job_watch.on_done(record.state)
                     return None
                 url = await asyncio.to_thread(self.queues.url, name)
         return url
+
+    async def _replay(self, job_watch: JobWatch) -> None:
+        """Feed the outcomes stored in S3 (the watch hands each task over once): for a
+        reattaching caller, and as the safety net if a result message was lost (another
+        watcher took it, or it was too large for SQS)."""
+
+        def missing() -> list[TaskOutcome]:
+            outcomes = []
+            for key in self.store.list_keys(transport.results_prefix(job_watch.job_id)):
+                task_id = int(key.rsplit("/", 1)[-1].split(".", 1)[0])
+                if task_id not in job_watch.final:  # read only what is not delivered
+                    outcomes.append(TaskOutcome.from_wire(protocol.unpack(self.store.get(key))))
+            return outcomes
+
+        for outcome in await asyncio.to_thread(missing):
+            job_watch.on_result(outcome)
 
     async def _follow(self, job_watch: JobWatch, new: bool) -> None:
         job_id = job_watch.job_id
@@ -450,13 +507,19 @@ class AllocEC2Instance(Host):
             url = await self._result_queue(job_watch, new)
             if url is None:
                 return
-            if not new:
-                for outcome in await self.results(job_id):
-                    job_watch.on_result(outcome)
+            if job_id not in self._state.setdefault("created", set()):
+                await self._replay(job_watch)  # reattached: earlier outcomes are in S3
             spec: JobSpec | None = None
             checked = time.monotonic()
             while not job_watch.all_delivered:
-                messages = await asyncio.to_thread(self.queues.receive, url, 2)
+                try:
+                    messages = await asyncio.to_thread(self.queues.receive, url, 2)
+                except self.queues.sqs.exceptions.QueueDoesNotExist:
+                    # Someone finished or cancelled the job: what is stored is all.
+                    await self._replay(job_watch)
+                    record = await self.get_job(job_id)
+                    job_watch.on_done(record.state if record else protocol.JOB_CANCELLED)
+                    return
                 for message in messages:
                     body = transport.decode(message["Body"])
                     if body.get("op") == "log":
@@ -469,9 +532,14 @@ class AllocEC2Instance(Host):
                 if time.monotonic() - checked > SUPERVISE_SECONDS:
                     checked = time.monotonic()
                     spec = spec or await self.get_spec(job_id)
-                    if spec is not None:
-                        remaining = spec.num_tasks - len(job_watch.final)
-                        await asyncio.to_thread(self._supervise, spec, remaining)
+                    try:
+                        await self._replay(job_watch)
+                        if spec is not None and not job_watch.all_delivered:
+                            remaining = spec.num_tasks - len(job_watch.final)
+                            await asyncio.to_thread(self._supervise, spec, remaining)
+                    except Exception:
+                        # A transient API error must not fail a job that runs fine.
+                        log.warning("supervising job %s failed; retrying", job_id, exc_info=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -486,7 +554,7 @@ class AllocEC2Instance(Host):
                 1 for o in job_watch.final.values() if o.outcome != "succeeded"
             )
             if fields["num_failed"]:
-                fields["state"] = "failed"
+                fields["state"] = protocol.JOB_FAILED
         served: set[str] | None = self._state.get("served", {}).pop(job_id, None)
         holders = (
             served
@@ -507,16 +575,24 @@ class AllocEC2Instance(Host):
 
     async def cancel(self, job_id: str) -> bool:
         def cancel() -> bool:
-            if not self.registry.request_cancel(job_id):
+            record = self.registry.get_job(job_id)
+            if record is None:
                 return False
-            for record in self.registry.list():
-                if job_id in record.allocations:
-                    url = self.queues.url(transport.control_queue_name(record.instance_id))
-                    if url:
-                        self.queues.send(
-                            url, [transport.encode({"op": "cancel", "job_id": job_id})]
-                        )
-            self._finish(job_id, "cancelled")
+            if record.state in protocol.TERMINAL_JOB_STATES:
+                return True  # already over: nothing to stop, its state stays
+            self.registry.request_cancel(job_id)
+            try:
+                for instance in self.registry.list():
+                    if job_id not in instance.allocations:
+                        continue
+                    url = self.queues.url(transport.control_queue_name(instance.instance_id))
+                    if url is None:
+                        continue
+                    body = transport.encode({"op": "cancel", "job_id": job_id})
+                    with contextlib.suppress(self.queues.sqs.exceptions.QueueDoesNotExist):
+                        self.queues.send(url, [body])
+            finally:
+                self._finish(job_id, protocol.JOB_CANCELLED)
             return True
 
         return await asyncio.to_thread(cancel)

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import boto3
 
 from meadow_core import protocol
+from meadow_core.agent.agent import MEMORY_BOUND_FRACTION
 from meadow_core.aws import transport
 from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore
@@ -138,6 +140,12 @@ class _JobServer:
                     )
                 except agent.sqs.exceptions.QueueDoesNotExist:
                     break  # the caller finished or cancelled the job
+                except Exception:
+                    log.warning(
+                        "receiving from job %s failed; retrying", self.job_id, exc_info=True
+                    )
+                    await asyncio.sleep(1)
+                    continue
                 if not messages:
                     if time.monotonic() - idle_since > JOB_DRAIN_SECONDS and not self.running:
                         break
@@ -214,8 +222,13 @@ class _JobServer:
             key = transport.log_key(self.job_id, task.task_id, task.attempt)
             agent.remote.put(key, agent.local.place.store.get(outcome.log_key))
             outcome = dataclasses.replace(outcome, log_key=key)
-        retry = outcome.outcome in ("failed", "crashed", "timeout") and (
-            task.attempt < spec.max_attempts
+        unsatisfiable = outcome.error is not None and outcome.error[0] == (
+            "meadow.UnsatisfiableResources"
+        )
+        retry = (
+            outcome.outcome in (protocol.FAILED, protocol.CRASHED, protocol.TIMEOUT)
+            and task.attempt < spec.max_attempts
+            and not unsatisfiable  # a bigger attempt would not fit here either
         )
         outcome = dataclasses.replace(outcome, final=not retry)
         key = transport.result_key(self.job_id, task.task_id, task.attempt)
@@ -226,8 +239,12 @@ class _JobServer:
         if retry:
             memory = task.memory_gb
             base = spec.resources.get("memory_gb")
-            if spec.retry_with_more_memory and base:
-                memory = base * (task.attempt + 1)
+            limit = task.memory_gb or base
+            memory_bound = (
+                outcome.error is not None and outcome.error[0] == "meadow.MemoryLimitExceeded"
+            ) or bool(limit and (outcome.max_memory_gb or 0) >= MEMORY_BOUND_FRACTION * limit)
+            if spec.retry_with_more_memory and base and memory_bound:
+                memory = base * (task.attempt + 1)  # as the local agent does
             next_attempt = dataclasses.replace(task, attempt=task.attempt + 1, memory_gb=memory)
             agent.queues.send(queue_url, [transport.task_body(next_attempt)])
         agent.queues.delete_messages(queue_url, [receipt])
@@ -300,6 +317,7 @@ class InstanceAgent:
         self.idle_timeout = idle_timeout
         self.jobs: dict[str, _JobServer] = {}
         self.archives: dict[str, str | None] = {}  # environment spec -> archive key
+        self.cancelled: set[str] = set()
         self.interrupted = False
         self.last_busy = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64)
@@ -379,6 +397,8 @@ class InstanceAgent:
         if record is None:
             return
         for job_id, allocation in record.allocations.items():
+            if job_id in self.cancelled:
+                continue
             workers = int(allocation["workers"])
             server = self.jobs.get(job_id)
             if server is None or server.stopped:
@@ -399,15 +419,22 @@ class InstanceAgent:
         while not self.interrupted:
             # A long poll returns as soon as a message arrives; 20 s keeps an idle
             # instance to a few requests a minute.
-            messages = await self.call(self.queues.receive, url, 20, 10)
+            try:
+                messages = await self.call(self.queues.receive, url, 20, 10)
+            except Exception:
+                log.warning("reading the control queue failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
             if messages:
                 await self.call(
                     self.queues.delete_messages, url, [m["ReceiptHandle"] for m in messages]
                 )
             bodies = [transport.decode(m["Body"]) for m in messages]
             for body in bodies:
-                if body["op"] == "cancel" and body["job_id"] in self.jobs:
-                    await self.jobs[body["job_id"]].cancel()
+                if body["op"] == "cancel":
+                    self.cancelled.add(body["job_id"])
+                    if body["job_id"] in self.jobs:
+                        await self.jobs[body["job_id"]].cancel()
             if any(body["op"] == "serve" for body in bodies):
                 await self._reconcile()
 
@@ -416,17 +443,22 @@ class InstanceAgent:
             if self.jobs:
                 self.last_busy = time.monotonic()
             try:
-                await self.call(self.registry.heartbeat, self.instance_id)
+                known = await self.call(self.registry.heartbeat, self.instance_id)
+                if not known and not self.jobs:
+                    # No record (the sweeper removed it, or the launching caller died
+                    # before registering): nobody can allocate here, so end.
+                    log.warning("%s is not in the registry: terminating", self.instance_id)
+                    return
                 await self._reconcile()
+                idle = time.monotonic() - self.last_busy
+                if not self.jobs and idle >= self.idle_timeout:
+                    won = await self.call(self.registry.mark_terminating_if_idle, self.instance_id)
+                    if won:
+                        log.info("idle for %.0fs: terminating %s", idle, self.instance_id)
+                        return
+                    self.last_busy = time.monotonic()  # a caller allocated meanwhile
             except Exception:
                 log.exception("heartbeat failed")
-            idle = time.monotonic() - self.last_busy
-            if not self.jobs and idle >= self.idle_timeout:
-                won = await self.call(self.registry.mark_terminating_if_idle, self.instance_id)
-                if won:
-                    log.info("idle for %.0fs: terminating %s", idle, self.instance_id)
-                    return
-                self.last_busy = time.monotonic()  # a caller allocated meanwhile
             await asyncio.sleep(min(HEARTBEAT_SECONDS, max(0.5, self.idle_timeout / 4)))
 
     async def _watch_spot(self) -> None:
@@ -434,6 +466,11 @@ class InstanceAgent:
             await asyncio.sleep(1)
             try:
                 notice = await self.call(_imds, "meta-data/spot/instance-action", self.token)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # the IMDSv2 token expired (6 h): take a new one
+                    with contextlib.suppress(Exception):
+                        self.token = await self.call(_imds_token)
+                continue
             except Exception:
                 continue
             if notice:
@@ -478,9 +515,25 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MEADOW_HOME", "/var/lib/meadow"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    agent = InstanceAgent(args.region, args.bucket, args.table, args.idle_timeout, Path(args.home))
     log.info("config %s", json.dumps(vars(args)))
-    asyncio.run(agent.run())
+    try:
+        agent = InstanceAgent(
+            args.region, args.bucket, args.table, args.idle_timeout, Path(args.home)
+        )
+        asyncio.run(agent.run())
+    finally:
+        # Whatever ended the agent (even a crash), the instance must not run on unseen.
+        _terminate_self(args.region)
+
+
+def _terminate_self(region: str) -> None:
+    try:
+        instance_id = _imds("meta-data/instance-id", _imds_token())
+        if instance_id:
+            ec2 = boto3.session.Session(region_name=region).client("ec2")
+            ec2.terminate_instances(InstanceIds=[instance_id])
+    except Exception:
+        log.exception("could not terminate this instance")
 
 
 if __name__ == "__main__":

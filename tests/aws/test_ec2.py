@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,45 @@ def test_run_command_streams_its_output_and_returns_its_exit_code(
     )
     assert completion.return_code == 3
     assert "hello from ec2" in caplog.text
+
+
+def test_a_finished_job_can_be_waited_on_and_its_id_reattaches(
+    cloud: DevCloud, deployment: mc.Deployment
+) -> None:
+    job_id = mc.deterministic_job_id("ec2-test", uuid.uuid4().hex, 1)
+    first = mc.run_function_sync(
+        ec2_tasks.six_version, host=_host(), resources=SMALL, deployment=deployment, job_id=job_id
+    )
+    # A restarted orchestrator submits the same id again: it gets the stored result.
+    again = mc.run_function_sync(
+        ec2_tasks.six_version, host=_host(), resources=SMALL, deployment=deployment, job_id=job_id
+    )
+    assert again == first
+    assert mc.wait_for_job_sync(job_id, host=_host()) == first
+    assert mc.get_job_sync(job_id, host=_host()).state == "succeeded"
+
+
+def test_cancel_stops_a_running_map_and_frees_its_workers(
+    cloud: DevCloud, deployment: mc.Deployment
+) -> None:
+    handle = mc.run_map_sync(
+        ec2_tasks.square_slowly,
+        [(x, 20.0) for x in range(4)],
+        host=_host(),
+        resources_per_task=SMALL,
+        deployment=deployment,
+        wait_for_result=False,
+    )
+    registry = InstanceRegistry(boto3.client("dynamodb", region_name=REGION))
+
+    def allocated() -> bool:
+        return any(handle.job_id in r.allocations for r in registry.list())
+
+    _wait(allocated, 60, "the map to be allocated", cloud)
+    time.sleep(3)  # tasks are running now
+    assert handle.cancel_sync()
+    assert mc.get_job_sync(handle.job_id, host=_host()).state == "cancelled"
+    _wait(lambda: not allocated(), 30, "the cancelled map's workers to be freed", cloud)
 
 
 def test_map_over_three_instances_delivers_every_result_once(
