@@ -55,6 +55,8 @@ IMDS = os.environ.get("MEADOW_IMDS_URL", "http://169.254.169.254")
 JOB_DRAIN_SECONDS = 6.0
 HEARTBEAT_SECONDS = 5.0
 LOG_FLUSH_SECONDS = 0.5
+#: A task handed out this often without a result is reported lost, not run again.
+MAX_DELIVERIES = 5
 
 
 def _imds(path: str, token: str | None = None) -> str | None:
@@ -102,6 +104,7 @@ class _Running:
     local_job_id: str
     queue_url: str
     receipt: str
+    keep_hidden: asyncio.Task[None] | None = None
 
 
 class _JobServer:
@@ -172,7 +175,29 @@ class _JobServer:
             raw = await agent.call(agent.remote.get, transport.spec_key(self.job_id))
             self.spec = JobSpec.from_wire(protocol.unpack(raw))
         spec = self.spec
+        received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        if received > MAX_DELIVERIES:
+            # Handed out this often without a result: its instances died with it (it
+            # kills them, say). Report it instead of killing machines forever.
+            lost = TaskOutcome(
+                job_id=self.job_id,
+                task_id=task.task_id,
+                attempt=task.attempt,
+                outcome=protocol.CRASHED,
+                final=True,
+                error=[
+                    "meadow.TaskLost",
+                    f"task {task.task_id} was delivered {received} times and never finished; "
+                    "each instance running it stopped (out of memory, killed, interrupted)",
+                    "",
+                ],
+            )
+            await agent.call(self._report, spec, task, lost, queue_url, receipt)
+            return
         await agent.call(agent.prefetch, spec, task)
+        if self.stopped or agent.interrupted:
+            await self._hand_back_one(queue_url, receipt)
+            return
         local_id = f"{self.job_id}.{task.task_id}.{task.attempt}"
         if len(local_id) > 128:
             local_id = protocol.content_key(local_id.encode(), "t").replace("/", "-")[:128]
@@ -186,22 +211,25 @@ class _JobServer:
             created=time.time(),
         )
         local_task = dataclasses.replace(task, job_id=local_id, attempt=1)
-        self.running[local_id] = _Running(local_id, queue_url, receipt)
         heartbeat = asyncio.ensure_future(self._keep_hidden(queue_url, receipt))
+        self.running[local_id] = _Running(local_id, queue_url, receipt, heartbeat)
         pending_lines: list[str] = []
-        flusher = asyncio.ensure_future(self._flush_logs(task, pending_lines))
+        done_flushing = asyncio.Event()
+        flusher = asyncio.ensure_future(self._flush_logs(task, pending_lines, done_flushing))
+        outcome: TaskOutcome | None = None
         try:
             async with agent.local.watch(local_id, 1, spec.kind, new=True) as job_watch:
                 # Lines go to the caller through the result queue, not to this log.
                 job_watch.on_log = lambda task_id, attempt, lines: pending_lines.extend(lines)  # type: ignore[method-assign]
                 await agent.local.submit(local_spec, [local_task], {})
-                outcome: TaskOutcome | None = None
-                async for received in job_watch.outcomes():
-                    outcome = received
+                async for first in job_watch.outcomes():
+                    outcome = first
                     break
         finally:
             heartbeat.cancel()
-            flusher.cancel()
+            done_flushing.set()  # let a send in flight finish: no line is dropped
+            with contextlib.suppress(Exception):
+                await flusher
             self.running.pop(local_id, None)
         if outcome is None or agent.interrupted or self.stopped:
             return  # handed back or cancelled: another instance (or nobody) runs it
@@ -261,9 +289,10 @@ class _JobServer:
                     VisibilityTimeout=transport.TASK_VISIBILITY_SECONDS,
                 )
 
-    async def _flush_logs(self, task: TaskMessage, lines: list[str]) -> None:
-        while True:
-            await asyncio.sleep(LOG_FLUSH_SECONDS)
+    async def _flush_logs(self, task: TaskMessage, lines: list[str], done: asyncio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), LOG_FLUSH_SECONDS)
             await self._send_lines(task, lines)
 
     async def _send_lines(self, task: TaskMessage, lines: list[str]) -> None:
@@ -280,18 +309,23 @@ class _JobServer:
         with contextlib.suppress(Exception):
             await self.agent.call(self.agent.queues.send, url, [body])
 
+    async def _hand_back_one(self, queue_url: str, receipt: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.agent.call(
+                self.agent.sqs.change_message_visibility,
+                QueueUrl=queue_url,
+                ReceiptHandle=receipt,
+                VisibilityTimeout=0,
+            )
+
     async def hand_back(self) -> None:
-        """Spot interruption or cancellation: stop local attempts; with ``requeue`` make
-        their messages visible at once so another instance takes them."""
+        """Spot interruption: stop local attempts and make their messages visible at
+        once, so another instance takes them."""
         self.stopped = True
         for running in list(self.running.values()):
-            with contextlib.suppress(Exception):
-                await self.agent.call(
-                    self.agent.sqs.change_message_visibility,
-                    QueueUrl=running.queue_url,
-                    ReceiptHandle=running.receipt,
-                    VisibilityTimeout=0,
-                )
+            if running.keep_hidden is not None:
+                running.keep_hidden.cancel()  # or it would hide the message again
+            await self._hand_back_one(running.queue_url, running.receipt)
             with contextlib.suppress(Exception):
                 await self.agent.local.cancel(running.local_job_id)
 

@@ -128,6 +128,7 @@ class Queues:
             "QueueUrl": url,
             "MaxNumberOfMessages": max_messages,
             "WaitTimeSeconds": wait_seconds,
+            "AttributeNames": ["ApproximateReceiveCount"],
         }
         if visibility is not None:
             kwargs["VisibilityTimeout"] = visibility
