@@ -55,6 +55,9 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+# The benchmarks' shared report helper (this folder is on sys.path when run as a script).
+from core_overhead import meadow_revision  # noqa: E402
+
 import meadow_core as mc  # noqa: E402
 from meadow_core.aws import admin, session  # noqa: E402
 from meadow_core.aws.devcloud import netns  # noqa: E402
@@ -355,23 +358,6 @@ def measure_dev_cloud(
 
 
 # -- report ------------------------------------------------------------------------------
-
-
-def meadow_revision() -> str:
-    """The git commit of meadow_core, marked dirty if it has uncommitted changes."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", _REPO_ROOT, *args], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "meadow_core")
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    return (commit + (" (dirty)" if dirty else "")) if commit else mc.__version__
 
 
 def p90(values: list[float]) -> float:
