@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from meadow_core.allocation.selection import (
@@ -238,15 +236,13 @@ def test_a_bad_worker_count_is_refused() -> None:
     ],
     ids=["1cpu-on-demand", "4cpu-30gb-spot", "1gpu-spot"],
 )
-def test_a_thousand_task_map_over_the_full_catalog_is_fast_and_near_optimal(
+def test_a_thousand_task_map_over_the_full_catalog_is_near_optimal(
     resources: Resources,
 ) -> None:
     np = pytest.importorskip("numpy")
     optimize = pytest.importorskip("scipy.optimize")
     offers = load_snapshot().offers()
-    start = time.perf_counter()
     plan = select(resources, 1000, offers)
-    elapsed = time.perf_counter() - start
     assert sum(lc.workers for lc in plan.launches) == 1000
     candidates = eligible(resources, offers)
     result = optimize.milp(
@@ -257,6 +253,5 @@ def test_a_thousand_task_map_over_the_full_catalog_is_fast_and_near_optimal(
         integrality=np.ones(len(candidates)),
     )
     assert result.success
+    # Speed (target 50 ms) is measured by benchmarks/selection.py, not asserted here.
     assert plan.cost_per_hour <= result.fun * 1.01
-    # The target is 50 ms; allow for a loaded 2-core CI machine.
-    assert elapsed < 0.25
