@@ -127,10 +127,11 @@ def agent_policy(region_name: str, account: str) -> dict[str, Any]:
                 "Resource": queues,
             },
             {
-                "Sid": "OwnControlQueue",
+                # Its own control queue when it ends, and the queues of a job it settles.
+                "Sid": "EndQueues",
                 "Effect": "Allow",
                 "Action": ["sqs:DeleteQueue"],
-                "Resource": f"arn:{arn}:sqs:{region_name}:{account}:{names.CONTROL_QUEUE_PREFIX}*",
+                "Resource": queues,
             },
             {
                 "Sid": "Registry",

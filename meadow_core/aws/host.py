@@ -549,12 +549,7 @@ class AllocEC2Instance(Host):
         """The job is over: record it, drop its queues, free its workers (at once)."""
         fields: dict[str, Any] = {"state": state, "finished": time.time()}
         if job_watch is not None:
-            fields["num_done"] = len(job_watch.final)
-            fields["num_failed"] = sum(
-                1 for o in job_watch.final.values() if o.outcome != "succeeded"
-            )
-            if fields["num_failed"]:
-                fields["state"] = protocol.JOB_FAILED
+            fields = transport.finished_fields(job_watch.final)
         served: set[str] | None = self._state.get("served", {}).pop(job_id, None)
         holders = (
             served
@@ -614,14 +609,8 @@ class AllocEC2Instance(Host):
         return await asyncio.to_thread(self.registry.list_jobs, limit)
 
     async def results(self, job_id: str) -> list[TaskOutcome]:
-        def read() -> list[TaskOutcome]:
-            outcomes = [
-                TaskOutcome.from_wire(protocol.unpack(self.store.get(key)))
-                for key in self.store.list_keys(transport.results_prefix(job_id))
-            ]
-            return [o for o in outcomes if o.final]
-
-        return await asyncio.to_thread(read)
+        outcomes = await asyncio.to_thread(transport.final_outcomes, self.store, job_id)
+        return [outcomes[task_id] for task_id in sorted(outcomes)]
 
     async def read_object(self, key: str) -> bytes:
         return await asyncio.to_thread(self.store.get, key)

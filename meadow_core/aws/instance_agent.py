@@ -16,7 +16,10 @@ announces it on the job's result queue, and only then deletes the task message
   terminating (a conditional write that loses against any concurrent allocation) and
   terminates its own instance, with no caller involved;
 * watches the metadata endpoint for a spot interruption notice: it stops taking work,
-  hands its in-flight tasks back (visibility 0) so they run elsewhere, and terminates.
+  hands its in-flight tasks back (visibility 0) so they run elsewhere, and terminates;
+* settles a job that it served to the end when no caller recorded it as over (the
+  caller was killed, or submitted without waiting): it records the job's state from the
+  outcomes in S3 and deletes its queues, so nothing of the job is left running.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ HEARTBEAT_SECONDS = 5.0
 LOG_FLUSH_SECONDS = 0.5
 #: A task handed out this often without a result is reported lost, not run again.
 MAX_DELIVERIES = 5
+#: A job drained here that its caller has not recorded as over after this long has no
+#: caller watching; the instance settles it (sooner if the instance ends first).
+SETTLE_GRACE_SECONDS = 30.0
 
 
 def _imds(path: str, token: str | None = None) -> str | None:
@@ -352,6 +358,7 @@ class InstanceAgent:
         self.jobs: dict[str, _JobServer] = {}
         self.archives: dict[str, str | None] = {}  # environment spec -> archive key
         self.cancelled: set[str] = set()
+        self.drained: dict[str, float] = {}  # job id -> when this instance left it
         self.interrupted = False
         self.last_busy = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64)
@@ -416,8 +423,46 @@ class InstanceAgent:
             self.queues.forget(transport.job_queue_name(server.job_id))
             self.queues.forget(transport.result_queue_name(server.job_id))
             self.last_busy = time.monotonic()
+            if not server.stopped:
+                self.drained.setdefault(server.job_id, self.last_busy)
             with contextlib.suppress(Exception):
                 await self.call(self.registry.release, self.instance_id, server.job_id)
+
+    async def _settle_drained(self, now: float | None = None) -> None:
+        """Settle the jobs left here at least ``SETTLE_GRACE_SECONDS`` ago (all of them
+        when ``now`` is None: the instance is ending)."""
+        for job_id, since in list(self.drained.items()):
+            if job_id in self.jobs:
+                del self.drained[job_id]  # served again: it ends here later, or elsewhere
+            elif now is None or now - since >= SETTLE_GRACE_SECONDS:
+                del self.drained[job_id]
+                try:
+                    await self.call(self.settle_job, job_id)
+                except Exception:
+                    log.warning("could not settle job %s", job_id, exc_info=True)
+
+    def settle_job(self, job_id: str) -> bool:
+        """Record a job whose every task has a final outcome as over, and delete its
+        queues, if its caller has not: without this a job whose caller was killed would
+        read ``running`` and keep its queues forever. A caller that comes back replays
+        the outcomes from S3. False if the job is over already or still has work."""
+        fields = self.registry.job_fields(job_id)
+        if fields is None or fields.get("state") in protocol.TERMINAL_JOB_STATES:
+            return False
+        final = transport.final_outcomes(self.remote, job_id)
+        if len(final) < int(fields.get("num_tasks", 0)):
+            return False  # another instance still runs some, or they come back later
+        summary = transport.finished_fields(final)
+        settled = self.registry.update_job(
+            job_id,
+            {**summary, "settled_by": self.instance_id},
+            expected_state=str(fields.get("state")),
+        )
+        if settled:
+            log.info("job %s had no caller watching; settled it as %s", job_id, summary["state"])
+            self.queues.delete_queue(transport.job_queue_name(job_id))
+            self.queues.delete_queue(transport.result_queue_name(job_id))
+        return settled
 
     async def _reconcile(self) -> None:
         """Serve exactly what the registry allocated here.
@@ -484,6 +529,7 @@ class InstanceAgent:
                     log.warning("%s is not in the registry: terminating", self.instance_id)
                     return
                 await self._reconcile()
+                await self._settle_drained(time.monotonic())
                 idle = time.monotonic() - self.last_busy
                 if not self.jobs and idle >= self.idle_timeout:
                     won = await self.call(self.registry.mark_terminating_if_idle, self.instance_id)
@@ -529,6 +575,8 @@ class InstanceAgent:
         await self._terminate()
 
     async def _terminate(self) -> None:
+        if not self.interrupted:
+            await self._settle_drained()
         with contextlib.suppress(Exception):
             await self.call(
                 self.queues.delete_queue, transport.control_queue_name(self.instance_id)

@@ -11,13 +11,15 @@ transport uses (SQS bodies must be text).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meadow_core import protocol
 from meadow_core.aws import names
+from meadow_core.aws.store import S3ObjectStore
 from meadow_core.protocol import TaskMessage, TaskOutcome
 
 #: How long a received task stays hidden; the instance extends it while the task runs.
@@ -61,6 +63,33 @@ def result_key(job_id: str, task_id: int, attempt: int) -> str:
 
 def results_prefix(job_id: str) -> str:
     return f"results/{job_id}/outcomes/"
+
+
+def final_outcomes(store: S3ObjectStore, job_id: str) -> dict[int, TaskOutcome]:
+    """Each task's final outcome as stored in S3 (tasks still retrying are absent).
+
+    Only each task's latest attempt is read: keys sort by task, then attempt."""
+    latest: dict[int, str] = {}
+    for key in store.list_keys(results_prefix(job_id)):
+        latest[int(key.rsplit("/", 1)[-1].split(".", 1)[0])] = key
+
+    def read(key: str) -> TaskOutcome:
+        return TaskOutcome.from_wire(protocol.unpack(store.get(key)))
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(read, latest.values()))
+    return {o.task_id: o for o in outcomes if o.final}
+
+
+def finished_fields(final: Mapping[int, TaskOutcome]) -> dict[str, Any]:
+    """The job record's fields once every task's final outcome is in ``final``."""
+    failed = sum(1 for o in final.values() if o.outcome != protocol.SUCCEEDED)
+    return {
+        "state": protocol.JOB_FAILED if failed else protocol.JOB_SUCCEEDED,
+        "finished": time.time(),
+        "num_done": len(final),
+        "num_failed": failed,
+    }
 
 
 def spec_key(job_id: str) -> str:

@@ -289,9 +289,12 @@ def test_instance_killed_mid_task_costs_a_retry_not_a_result(
     assert killed, "the test needs a second instance to kill"
 
 
-def test_caller_killed_mid_map_leaves_no_instance_after_the_idle_timeout(
+def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     cloud: DevCloud, deployment: mc.Deployment, tmp_path: Path
 ) -> None:
+    """The instances finish the map, settle the job nobody watches (its record says
+    how it went, its queues are gone) and end themselves; a new caller gets the results."""
+    job_id = f"killed-caller-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "caller.py"
     script.write_text(
         textwrap.dedent(
@@ -308,7 +311,7 @@ def test_caller_killed_mid_map_leaves_no_instance_after_the_idle_timeout(
             mc.run_map_sync(ec2_tasks.square_slowly, [(x, 2.0) for x in range(6)],
                 host=AllocEC2Instance(region_name={REGION!r}, idle_timeout={IDLE_TIMEOUT}),
                 resources_per_task=mc.Resources(logical_cpu=1, memory_gb=1, max_eviction_rate=0),
-                deployment=deployment)
+                deployment=deployment, job_id={job_id!r})
             """
         )
     )
@@ -321,6 +324,13 @@ def test_caller_killed_mid_map_leaves_no_instance_after_the_idle_timeout(
         caller.send_signal(signal.SIGKILL)
         caller.wait()
     _wait(lambda: not _instances(), IDLE_TIMEOUT + 90, "the orphaned instance to end itself", cloud)
+    record = asyncio.run(_host().get_job(job_id))
+    assert record is not None
+    assert (record.state, record.num_done, record.num_failed) == ("succeeded", 6, 0)
+    queues = boto3.client("sqs", region_name=REGION).list_queues(QueueNamePrefix="meadow-")
+    assert not [url for url in queues.get("QueueUrls", []) if job_id in url]
+    results = mc.wait_for_job_sync(job_id, host=_host())
+    assert sorted(value for value, _ in results) == [x * x for x in range(6)]
 
 
 def test_resources_larger_than_any_type_fail_before_any_launch(cloud: DevCloud) -> None:
