@@ -365,7 +365,10 @@ def cancel_cmd(ctx: click.Context, job_id: str) -> None:
 
 @cli.group("cache")
 def cache_group() -> None:
-    """List or prune built environments and code snapshots, here and in the store."""
+    """List or prune built environments and code snapshots, here and in the local store.
+
+    An AWS bucket's reusable objects: `meadow aws cache list / prune`.
+    """
 
 
 def _human(size: int) -> str:

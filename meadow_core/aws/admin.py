@@ -18,7 +18,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from meadow_core.aws import names, session
+from meadow_core.aws import names, session, store_cache
 from meadow_core.aws.registry import (
     TERMINATING,
     InstanceRecord,
@@ -506,6 +506,35 @@ def _registry(region_name: str) -> InstanceRegistry | None:
     return InstanceRegistry(dynamodb, names.TABLE_NAME)
 
 
+def _store(region_name: str) -> S3ObjectStore:
+    return S3ObjectStore(
+        names.bucket_name(session.account_id(), region_name), session.client("s3", region_name)
+    )
+
+
+def _installed(region_name: str) -> tuple[S3ObjectStore, InstanceRegistry]:
+    session.check_region(region_name)
+    registry = _registry(region_name)
+    if registry is None:
+        raise session.AwsConfigurationError(
+            f"Meadow is not installed in {region_name}: run `meadow aws install --region "
+            f"{region_name}` first"
+        )
+    return _store(region_name), registry
+
+
+def cache_summary(region_name: str, older_than: float) -> list[store_cache.KindSummary]:
+    """What the bucket keeps for reuse, per kind, and what a prune would delete."""
+    store, registry = _installed(region_name)
+    return store_cache.summarize(store, registry, older_than)
+
+
+def cache_prune(region_name: str, older_than: float, dry_run: bool) -> store_cache.PruneReport:
+    """Delete reusable objects no job of the last ``older_than`` seconds used."""
+    store, registry = _installed(region_name)
+    return store_cache.prune(store, registry, older_than, dry_run=dry_run)
+
+
 def _finished(job: dict[str, Any]) -> bool:
     return job.get("state") in TERMINAL_JOB_STATES
 
@@ -591,10 +620,7 @@ def clean(
             report.deleted_queues.append(name)
 
     if registry is not None and jobs:
-        store = S3ObjectStore(
-            names.bucket_name(session.account_id(), region_name),
-            session.client("s3", region_name),
-        )
+        store = _store(region_name)
         for job in jobs:
             if (
                 _finished(job)
@@ -613,13 +639,7 @@ def clean(
 
 def ls(region_name: str) -> list[InstanceView]:
     """Meadow's instances in ``region_name`` as the registry knows them, with EC2's state."""
-    session.check_region(region_name)
-    registry = _registry(region_name)
-    if registry is None:
-        raise session.AwsConfigurationError(
-            f"Meadow is not installed in {region_name}: run `meadow aws install --region "
-            f"{region_name}`"
-        )
+    _, registry = _installed(region_name)
     records = registry.list()
     states: dict[str, str] = {}
     all_states = [*_ALIVE_STATES, "shutting-down", "terminated"]

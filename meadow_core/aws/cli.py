@@ -145,6 +145,60 @@ def clean_command(region: str | None, grace: float, retention: float) -> None:
         _console.print("nothing to clean")
 
 
+@aws.group("cache")
+def cache_group() -> None:
+    """Reusable objects in the bucket: code, environments, functions, agent bundles."""
+
+
+_older_than_option = click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Unused means: no job of this many days read it, and it is older than that.",
+)
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:,.1f} MB"
+
+
+@cache_group.command("list")
+@_region_option
+@_older_than_option
+def cache_list_command(region: str | None, older_than_days: float) -> None:
+    """Objects and bytes per kind, and how much of it is unused."""
+    chosen = _region(region)
+    rows = _run(lambda: _admin().cache_summary(chosen, older_than_days * 86400))
+    table = Table(title=f"Meadow's reusable objects in {chosen}")
+    for column in ("kind", "objects", "size", f"unused ({older_than_days:g} days)"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for row in rows:
+        table.add_row(
+            row.kind,
+            f"{row.objects:,}",
+            _size(row.size_bytes),
+            f"{row.unused_objects:,} / {_size(row.unused_bytes)}",
+        )
+    _console.print(table)
+
+
+@cache_group.command("prune")
+@_region_option
+@_older_than_option
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+def cache_prune_command(region: str | None, older_than_days: float, dry_run: bool) -> None:
+    """Delete objects no job of the last --older-than-days used (results and logs are
+    `meadow aws clean`'s)."""
+    chosen = _region(region)
+    report = _run(lambda: _admin().cache_prune(chosen, older_than_days * 86400, dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    _console.print(
+        f"{verb} {len(report.deleted):,} objects ({_size(report.deleted_bytes)}); "
+        f"kept {report.kept_objects:,} ({_size(report.kept_bytes)})"
+    )
+
+
 def _age(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 

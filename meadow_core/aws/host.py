@@ -38,7 +38,7 @@ from meadow_core.allocation.selection import (
     check_satisfiable,
     select,
 )
-from meadow_core.aws import bootstrap, names, session, transport
+from meadow_core.aws import bootstrap, names, session, store_cache, transport
 from meadow_core.aws.catalog import Ec2Catalog
 from meadow_core.aws.launch import (
     LaunchError,
@@ -257,6 +257,8 @@ class AllocEC2Instance(Host):
                 "num_tasks": spec.num_tasks,
                 "state": "running",
                 "created": spec.created,
+                # What the job reads from the bucket: `meadow aws cache prune` keeps it.
+                "refs": store_cache.job_refs(spec, self._state.get("bundle_key")),
             },
         )
         if not created:
@@ -382,9 +384,15 @@ class AllocEC2Instance(Host):
             index += 1
 
     def _user_data(self) -> str:
-        if "user_data" not in self._state:
+        """The boot script, renewed every ``KNOWN_PRESENT_SECONDS``: the bundle is
+        checked to be in the bucket again (a pruned one is uploaded again) and the
+        presigned URL, valid for a week, never runs out in a long-lived caller."""
+        made = self._state.get("user_data_made", -KNOWN_PRESENT_SECONDS)
+        if time.monotonic() - made >= KNOWN_PRESENT_SECONDS:
             key = bootstrap.publish(self.store)
             url = self.store.presigned_get(key, expires=7 * 24 * 3600 - 60)
+            self._state["bundle_key"] = key
+            self._state["user_data_made"] = time.monotonic()
             self._state["user_data"] = bootstrap.user_data(
                 url,
                 {

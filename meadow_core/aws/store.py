@@ -8,7 +8,8 @@ request that never overwrites what another caller stored first.
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
@@ -44,6 +45,12 @@ def _no_bucket(exc: botocore.exceptions.ClientError, bucket: str) -> None:
             f"bucket {bucket} does not exist: run `meadow aws install --region <region>` "
             "for this account and region"
         ) from exc
+
+
+class StoredObjectInfo(NamedTuple):
+    key: str
+    size_bytes: int
+    last_modified: float  # seconds since the epoch
 
 
 class S3ObjectStore(ObjectStore):
@@ -120,13 +127,23 @@ class S3ObjectStore(ObjectStore):
             for item in page.get("Contents", [])
         ]
 
-    def delete_prefix(self, prefix: str) -> int:
+    def list_objects(self, prefix: str) -> Iterator[StoredObjectInfo]:
+        """Every object under ``prefix`` with its size and upload time, in key order."""
         paginator = self.client.get_paginator("list_objects_v2")
-        count = 0
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            for start in range(0, len(keys), _DELETE_BATCH):
-                batch = keys[start : start + _DELETE_BATCH]
+            for item in page.get("Contents", []):
+                yield StoredObjectInfo(
+                    item["Key"], int(item["Size"]), item["LastModified"].timestamp()
+                )
+
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        """Delete these objects (a thousand per request); missing ones are no error."""
+        count = 0
+        batch: list[dict[str, str]] = []
+        for key in [*keys, None]:
+            if key is not None:
+                batch.append({"Key": key})
+            if batch and (key is None or len(batch) == _DELETE_BATCH):
                 response = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
@@ -138,7 +155,11 @@ class S3ObjectStore(ObjectStore):
                         f"{first.get('Code')} {first.get('Message')}"
                     )
                 count += len(batch)
+                batch = []
         return count
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.delete_keys(self.list_keys(prefix))
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

@@ -144,6 +144,13 @@ def test_run_function_launches_an_instance_then_reuses_it_warm(
     assert second_instance == first_instance, "a warm instance with room must be reused"
     assert [i["InstanceId"] for i in _instances()] == [first_instance], "nothing new launched"
     assert warm_seconds < 10
+    # The job's record names what it read from the bucket, so `meadow aws cache prune`
+    # keeps it: the code, the environment, the function and the agent bundle.
+    newest = asyncio.run(_host().list_jobs(limit=1))[0]
+    registry = InstanceRegistry(boto3.client("dynamodb", region_name=REGION))
+    refs = registry.job_fields(newest.job_id)["refs"]  # type: ignore[index]
+    kinds = sorted(ref.split("/", 1)[0] for ref in refs)
+    assert kinds == ["bootstrap", "code", "envs", "functions"], refs
 
 
 def test_run_command_streams_its_output_and_returns_its_exit_code(

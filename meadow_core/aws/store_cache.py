@@ -1,0 +1,184 @@
+"""What Meadow's bucket keeps for reuse, and pruning what no recent job used.
+
+Functions, arguments, code files and chunks, manifests, environment specs and archives
+and agent bundles are content-addressed and shared between jobs, so no age-based
+lifecycle rule may expire them: a year-old environment archive is exactly what
+today's job wants. Instead each job's record names the objects it read (``refs``); a
+manifest names its code objects, an environment spec its archives. ``prune`` keeps what a
+job of the last ``older_than`` seconds used (or any unfinished job), and anything
+uploaded within that time, and deletes the rest. Results and logs are per job and are
+``meadow aws clean``'s and the lifecycle rule's business, not this module's.
+
+A caller remembers for ten minutes that an object is in the bucket (``host.py``), and a
+prune re-reads the newest jobs just before deleting; a job submitted in the moment
+between the two can still lose an object, so prune when nothing is being submitted, or
+keep ``older_than`` long (the default is 30 days).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Iterable
+
+from meadow_core.aws.registry import InstanceRegistry
+from meadow_core.aws.store import S3ObjectStore, StoredObjectInfo
+from meadow_core.code_snapshot import CodeSnapshot
+from meadow_core.envcache import packed_key
+from meadow_core.protocol import TERMINAL_JOB_STATES, JobSpec
+
+#: Content-addressed prefixes in the bucket, and what they hold.
+KINDS: dict[str, str] = {
+    "functions/": "functions",
+    "args/": "arguments",
+    "code/manifests/": "code manifests",
+    "code/files/": "code files",
+    "code/chunks/": "code chunks",
+    "envs/specs/": "environment specs",
+    "envs/packed/": "environment archives",
+    "bootstrap/": "agent bundles",
+}
+DEFAULT_OLDER_THAN_DAYS = 30.0
+_ARCHIVE_SUFFIXES = (".tar.zst", ".tar.gz")
+
+
+def job_refs(spec: JobSpec, bundle_key: str | None = None) -> list[str]:
+    """The objects a job reads from the bucket directly (a manifest and an environment
+    spec stand for the code objects and archives they name)."""
+    environment = spec.environment
+    keys = [
+        spec.function_key,
+        spec.args_key,
+        environment.code_manifest,
+        environment.env_spec,
+        bundle_key,
+    ]
+    return [k for k in keys if k]
+
+
+@dataclasses.dataclass(frozen=True)
+class KindSummary:
+    kind: str
+    objects: int
+    size_bytes: int
+    unused_objects: int  # would be pruned with the same ``older_than``
+    unused_bytes: int
+
+
+@dataclasses.dataclass
+class PruneReport:
+    deleted: list[StoredObjectInfo] = dataclasses.field(default_factory=list)
+    kept_objects: int = 0
+    kept_bytes: int = 0
+
+    @property
+    def deleted_bytes(self) -> int:
+        return sum(o.size_bytes for o in self.deleted)
+
+
+def _live_roots(registry: InstanceRegistry, cutoff: float, since: float = 0.0) -> set[str]:
+    """Refs of jobs created after ``cutoff`` (and after ``since``) or not yet over."""
+    roots: set[str] = set()
+    for job in registry.all_jobs():
+        created = float(job.get("created") or 0.0)
+        if created < since:
+            continue
+        if created >= cutoff or job.get("state") not in TERMINAL_JOB_STATES:
+            roots.update(str(k) for k in job.get("refs") or ())
+    return roots
+
+
+def _expand(roots: Iterable[str], store: S3ObjectStore) -> set[str]:
+    """The roots plus the code objects their manifests name and their archives."""
+    live = set(roots)
+    manifests = [k for k in live if k.startswith("code/manifests/")]
+    for key in [k for k in live if k.startswith("envs/specs/")]:
+        live.update(packed_key(key, suffix) for suffix in _ARCHIVE_SUFFIXES)
+
+    def contents(key: str) -> list[str]:
+        try:
+            return CodeSnapshot.from_manifest(store.get(key)).object_keys()
+        except KeyError:
+            return []  # already gone: nothing of it to keep
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for keys in pool.map(contents, manifests):
+            live.update(keys)
+    return live
+
+
+def _classify(
+    store: S3ObjectStore, registry: InstanceRegistry, older_than: float, now: float
+) -> tuple[list[StoredObjectInfo], list[StoredObjectInfo]]:
+    """(kept, unused) over every content-addressed object."""
+    cutoff = now - older_than
+    live = _expand(_live_roots(registry, cutoff), store)
+    kept: list[StoredObjectInfo] = []
+    unused: list[StoredObjectInfo] = []
+    for prefix in KINDS:
+        for info in store.list_objects(prefix):
+            if info.key in live or info.last_modified >= cutoff:
+                kept.append(info)
+            else:
+                unused.append(info)
+    return kept, unused
+
+
+def _kind(key: str) -> str:
+    return next(kind for prefix, kind in KINDS.items() if key.startswith(prefix))
+
+
+def summarize(
+    store: S3ObjectStore,
+    registry: InstanceRegistry,
+    older_than: float = DEFAULT_OLDER_THAN_DAYS * 86400,
+    now: float | None = None,
+) -> list[KindSummary]:
+    """Per kind: how many objects and bytes, and how many a prune would delete."""
+    kept, unused = _classify(store, registry, older_than, now or time.time())
+    rows = []
+    for kind in KINDS.values():
+        mine = [o for o in kept if _kind(o.key) == kind]
+        gone = [o for o in unused if _kind(o.key) == kind]
+        rows.append(
+            KindSummary(
+                kind,
+                len(mine) + len(gone),
+                sum(o.size_bytes for o in mine + gone),
+                len(gone),
+                sum(o.size_bytes for o in gone),
+            )
+        )
+    return rows
+
+
+def prune(
+    store: S3ObjectStore,
+    registry: InstanceRegistry,
+    older_than: float = DEFAULT_OLDER_THAN_DAYS * 86400,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> PruneReport:
+    """Delete what no job of the last ``older_than`` seconds used and what was uploaded
+    before them. ``now`` exists for tests (a bucket cannot be aged)."""
+    started = time.time()
+    now = started if now is None else now
+    kept, unused = _classify(store, registry, older_than, now)
+    # A job submitted while we looked may use an old object: keep what it names.
+    late = _expand(_live_roots(registry, cutoff=now - older_than, since=started - 60), store)
+    doomed = [o for o in unused if o.key not in late]
+    report = PruneReport(
+        deleted=doomed,
+        kept_objects=len(kept) + len(unused) - len(doomed),
+        kept_bytes=sum(o.size_bytes for o in kept)
+        + sum(o.size_bytes for o in unused if o.key in late),
+    )
+    if not dry_run:
+        # Specs and manifests before the archives and code they name: an interrupted
+        # prune leaves unnamed objects (the next prune's), never a manifest with holes.
+        order = sorted(
+            doomed, key=lambda o: not o.key.startswith(("code/manifests/", "envs/specs/"))
+        )
+        store.delete_keys(o.key for o in order)
+    return report
