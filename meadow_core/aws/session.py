@@ -1,17 +1,23 @@
 """boto3 clients from the standard chain, and the checks that run before anything launches.
 
 Credentials, region and endpoint (including ``AWS_ENDPOINT_URL``, which is how the dev
-cloud is reached) come from boto3's normal chain; nothing here passes an endpoint.
-Clients are cached per (service, region) and per the environment that chose them, so a
-test or a user who switches profile or endpoint never talks through a stale client.
+cloud is reached) come from boto3's normal chain, unless a block of code runs under
+``using(AwsCredentials(...))``: an orchestrator's stored connection (an Airflow
+``aws_conn_id``), scoped to one task by a context variable, so two tasks in one process
+(or one triggerer) never see each other's credentials. Clients are cached per (service,
+region) and per the configuration that chose them, so a test or a user who switches
+profile, endpoint or connection never talks through a stale client.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import difflib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import boto3
@@ -62,18 +68,49 @@ _BAD_CREDENTIAL_CODES = {
     "AuthFailure",
 }
 
+@dataclasses.dataclass(frozen=True)
+class AwsCredentials:
+    """Who to be and where to talk to, given explicitly instead of by boto3's chain.
+
+    Fields left ``None`` fall back to the chain (a profile, ``AWS_ENDPOINT_URL``, ...).
+    """
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+    region_name: str | None = None
+    endpoint_url: str | None = None
+    profile_name: str | None = None
+
+
+_explicit: contextvars.ContextVar[AwsCredentials | None] = contextvars.ContextVar(
+    "meadow_aws_credentials", default=None
+)
+
+
+@contextlib.contextmanager
+def using(credentials: AwsCredentials | None) -> Iterator[None]:
+    """Run the block (and the coroutines and ``asyncio.to_thread`` calls it starts) as
+    ``credentials``; ``None`` leaves boto3's chain in charge."""
+    token = _explicit.set(credentials)
+    try:
+        yield
+    finally:
+        _explicit.reset(token)
+
+
 _lock = threading.Lock()
-_sessions: dict[tuple[str | None, ...], boto3.session.Session] = {}
+_sessions: dict[tuple[Any, ...], boto3.session.Session] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
-_regions: dict[tuple[str | None, ...], dict[str, str]] = {}
-_accounts: dict[tuple[str | None, ...], str] = {}
+_regions: dict[tuple[Any, ...], dict[str, str]] = {}
+_accounts: dict[tuple[Any, ...], str] = {}
 
 
-def _env_key() -> tuple[str | None, ...]:
-    return tuple(os.environ.get(name) for name in _ENV_KEYS)
+def _env_key() -> tuple[Any, ...]:
+    return (_explicit.get(), *(os.environ.get(name) for name in _ENV_KEYS))
 
 
-def environment_key() -> tuple[str | None, ...]:
+def environment_key() -> tuple[Any, ...]:
     """What decides who boto3 is and where it talks to: caches keyed by it never
     serve one account's (or the dev cloud's) answers to another."""
     return _env_key()
@@ -82,10 +119,21 @@ def environment_key() -> tuple[str | None, ...]:
 def _session() -> boto3.session.Session:
     # boto3 sessions are not thread-safe to create; clients made from them are safe to share.
     key = _env_key()
+    explicit = key[0]
     with _lock:
         session = _sessions.get(key)
         if session is None:
-            session = _sessions[key] = boto3.session.Session()
+            if explicit is None:
+                session = boto3.session.Session()
+            else:
+                session = boto3.session.Session(
+                    aws_access_key_id=explicit.access_key_id,
+                    aws_secret_access_key=explicit.secret_access_key,
+                    aws_session_token=explicit.session_token,
+                    region_name=explicit.region_name,
+                    profile_name=explicit.profile_name,
+                )
+            _sessions[key] = session
         return session
 
 
@@ -137,7 +185,11 @@ def client(service: str, region_name: str | None = None) -> Any:
     with _lock:
         made = _clients.get(key)
         if made is None:
-            made = _clients[key] = session.client(service, region_name=region)
+            explicit = _explicit.get()
+            endpoint = explicit.endpoint_url if explicit is not None else None
+            made = _clients[key] = session.client(
+                service, region_name=region, endpoint_url=endpoint
+            )
         return made
 
 

@@ -153,6 +153,34 @@ def test_run_function_launches_an_instance_then_reuses_it_warm(
     assert kinds == ["bootstrap", "code", "envs", "functions"], refs
 
 
+def test_explicit_credentials_are_all_a_caller_needs(
+    cloud: DevCloud, deployment: mc.Deployment, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An orchestrator's stored connection (``session.using``) replaces boto3's chain for
+    the whole path (uploads on thread pools, launch, watch, cleanup): with no AWS
+    variable, profile or metadata endpoint left, the job runs inside the block and fails
+    for lack of credentials outside it."""
+    credentials = session.AwsCredentials(
+        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+    )
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    with pytest.raises(session.MissingCredentialsError, match="no AWS credentials found"):
+        mc.run_function_sync(ec2_tasks.six_version, host=_host(), resources=SMALL)
+    host = AllocEC2Instance(idle_timeout=IDLE_TIMEOUT)  # the region comes from the block
+    with session.using(credentials):
+        _, six_version = mc.run_function_sync(
+            ec2_tasks.six_version, host=host, resources=SMALL, deployment=deployment
+        )
+    assert six_version == "1.16.0"
+
+
 def test_run_command_streams_its_output_and_returns_its_exit_code(
     cloud: DevCloud, deployment: mc.Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:
