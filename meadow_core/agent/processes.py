@@ -19,6 +19,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -56,7 +57,12 @@ def process_environment(environment: Environment) -> dict[str, str]:
     """The OS environment a task process gets: the agent's plus the job's own."""
     env = dict(os.environ)
     env.update(environment.environment_variables)
-    env["PYTHONPATH"] = os.pathsep.join(environment.sys_path)
+    paths = list(environment.sys_path)
+    if environment.interpreter == sys.executable:
+        # The agent's own Python (MEADOW_INTERPRETER) imports Meadow the way the agent
+        # does: on an EC2 instance that is the bundle on the agent's PYTHONPATH.
+        paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

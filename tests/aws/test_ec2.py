@@ -181,6 +181,20 @@ def test_explicit_credentials_are_all_a_caller_needs(
     assert six_version == "1.16.0"
 
 
+def test_the_agents_own_interpreter_runs_a_function_pickled_by_value(
+    cloud: DevCloud,
+) -> None:
+    """``preinstalled_interpreter(MEADOW_INTERPRETER)`` on an instance: no environment
+    is built; the worker imports Meadow from the agent's bundle."""
+    version = mc.run_function_sync(
+        lambda: __import__("sys").version_info[:2],
+        host=_host(),
+        resources=SMALL,
+        deployment=mc.Deployment.preinstalled_interpreter(mc.MEADOW_INTERPRETER),
+    )
+    assert tuple(version) == sys.version_info[:2]
+
+
 def test_run_command_streams_its_output_and_returns_its_exit_code(
     cloud: DevCloud, deployment: mc.Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:
