@@ -206,10 +206,14 @@ dist_version() {
 # release the index can resolve, and say so.
 install_orch() {
     local name="$1" venv="$ROOT/.venvs/$1"
-    local pin dist fallback
+    local pin dist fallback extras="$name"
     local -a extra=()
     case "$name" in
-        airflow) pin="$AIRFLOW_PIN" dist=apache-airflow fallback="" ;;
+        airflow)
+            # Its tests also run the operator on the dev cloud (EC2 through moto).
+            pin="$AIRFLOW_PIN" dist=apache-airflow fallback="" extras="airflow,aws"
+            extra=("moto[server]>=5.0")
+            ;;
         prefect)
             pin="$PREFECT_PIN" dist=prefect fallback=prefect
             printf '%s\n' "${PREFECT_OVERRIDES[@]}" >"$TMP/prefect-overrides.txt"
@@ -222,7 +226,7 @@ install_orch() {
     ensure_uv
     make_venv "$venv"
     cd "$ROOT"
-    local -a base=(uv pip install --quiet --python "$venv/bin/python" -e ".[$name]" "${ORCH_TEST_DEPS[@]}")
+    local -a base=(uv pip install --quiet --python "$venv/bin/python" -e ".[$extras]" "${ORCH_TEST_DEPS[@]}")
     local how="pinned"
     if ! "${base[@]}" "${extra[@]}" "$pin"; then
         [[ -n "$fallback" ]] || return 1

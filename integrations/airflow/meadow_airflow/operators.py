@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
@@ -22,6 +23,7 @@ from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.bases.operator import partial as _airflow_partial
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from meadow_airflow.aws import AwsConnectionError, aws_scope, is_aws_host
 from meadow_airflow.hosts import host_to_spec
 from meadow_airflow.references import make_reference, resolve_meadow_results, xcom_can_store
 from meadow_airflow.triggers import MeadowJobTrigger
@@ -31,7 +33,6 @@ from meadow_core import (
     InvalidRequestError,
     JobCompletion,
     JobNotFoundError,
-    LocalHost,
     MeadowError,
     Resources,
     TaskException,
@@ -144,9 +145,12 @@ class MeadowOperator(BaseOperator):
     :param deferrable: free the worker slot while a trigger waits for the job.
     :param durable: keep the job id in ``task_state_store`` so that a retry after the
         loss of the worker reattaches (as ``ResumableJobMixin``); costs one API call.
-    :param aws_conn_id: Airflow connection holding AWS credentials for AWS hosts; checked
-        to exist now, used once the AWS host (``AllocEC2Instance``) lands.
-    :param region_name: AWS region for AWS hosts (same caveat).
+    :param aws_conn_id: Airflow connection with the AWS credentials for an
+        ``AllocEC2Instance`` host (login: access key id, password: secret key; extra:
+        ``region_name``, ``endpoint_url``, ``aws_session_token``, ``profile_name``), used
+        for this task only; without it, boto3's chain on the worker decides.
+    :param region_name: AWS region for an AWS host that names none (overrides the
+        connection's ``region_name``).
     """
 
     template_fields: Sequence[str] = ("op_args", "op_kwargs", "command", "environment_variables")
@@ -215,14 +219,42 @@ class MeadowOperator(BaseOperator):
         # AirflowFailException: a wrong argument will not be right on the next retry.
         return AirflowFailException(f"{self.task_id}: {message}")
 
-    def _check_inputs(self) -> Host:
-        """Validate what can be validated before anything is launched; name the argument."""
+    def _resolve_host(self) -> Host:
         host = default_host() if self.host is None else self.host
         if not isinstance(host, Host):
             raise self._bad(
                 f"MeadowOperator argument host= must be a meadow_core Host such as "
                 f"LocalHost(), got {type(host).__name__} {host!r}"
             )
+        if self.aws_conn_id is not None:
+            try:
+                BaseHook.get_connection(self.aws_conn_id)
+            except Exception as exc:
+                raise self._bad(
+                    f"MeadowOperator argument aws_conn_id={self.aws_conn_id!r}: no Airflow "
+                    f"connection with that id ({type(exc).__name__})"
+                ) from None
+            if not is_aws_host(host):
+                self.log.info(
+                    "aws_conn_id=%r is checked but unused: %s needs no AWS credentials",
+                    self.aws_conn_id,
+                    type(host).__name__,
+                )
+        return host
+
+    @contextlib.contextmanager
+    def _credentials(self, host: Host) -> Iterator[None]:
+        """Run the block as ``aws_conn_id`` / ``region_name`` when the host is AWS's."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(aws_scope(host, self.aws_conn_id, self.region_name))
+            except AwsConnectionError as exc:
+                raise self._bad(f"MeadowOperator argument {exc}") from None
+            yield
+
+    def _check_inputs(self, host: Host) -> Host:
+        """Validate what can be validated before anything is launched; name the argument.
+        Runs inside ``_credentials``: an AWS host's checks may ask AWS."""
         if self.meadow_resources is not None and not isinstance(self.meadow_resources, Resources):
             raise self._bad(
                 f"MeadowOperator argument resources= must be meadow_core.Resources, got "
@@ -254,20 +286,6 @@ class MeadowOperator(BaseOperator):
             raise self._bad(
                 "MeadowOperator argument environment_variables= must map strings to strings"
             )
-        if self.aws_conn_id is not None:
-            try:
-                BaseHook.get_connection(self.aws_conn_id)
-            except Exception as exc:
-                raise self._bad(
-                    f"MeadowOperator argument aws_conn_id={self.aws_conn_id!r}: no Airflow "
-                    f"connection with that id ({type(exc).__name__})"
-                ) from None
-            if isinstance(host, LocalHost):
-                self.log.info(
-                    "aws_conn_id=%r is checked but unused: LocalHost needs no credentials "
-                    "(it applies to AWS hosts once AllocEC2Instance lands)",
-                    self.aws_conn_id,
-                )
         return host
 
     def _deployment(self) -> Deployment:
@@ -379,7 +397,11 @@ class MeadowOperator(BaseOperator):
         What the deferrable path does before it defers; also a hook for subclasses that
         want to hand the job to something else.
         """
-        host = self._check_inputs()
+        host = self._resolve_host()
+        with self._credentials(host):
+            return self._launch(context, self._check_inputs(host))
+
+    def _launch(self, context: Context, host: Host) -> str:
         job_id, existing = self._find_job(context, host)
         self._job_id, self._meadow_host = job_id, host
         if not existing:
@@ -388,15 +410,24 @@ class MeadowOperator(BaseOperator):
         return job_id
 
     def execute(self, context: Context) -> Any:
-        if self.deferrable:
-            job_id = self.launch(context)
-            assert self._meadow_host is not None
-            self.defer(
-                trigger=MeadowJobTrigger(job_id=job_id, host=host_to_spec(self._meadow_host)),
-                method_name="execute_complete",
-                kwargs={"job_id": job_id},
-            )
-        host = self._check_inputs()
+        host = self._resolve_host()
+        with self._credentials(host):
+            self._check_inputs(host)
+            if self.deferrable:
+                job_id = self._launch(context, host)
+                self.defer(
+                    trigger=MeadowJobTrigger(
+                        job_id=job_id,
+                        host=host_to_spec(host),
+                        aws_conn_id=self.aws_conn_id,
+                        region_name=self.region_name,
+                    ),
+                    method_name="execute_complete",
+                    kwargs={"job_id": job_id},
+                )
+            return self._wait_here(context, host)
+
+    def _wait_here(self, context: Context, host: Host) -> Any:
         job_id, existing = self._find_job(context, host)
         self._job_id, self._meadow_host = job_id, host
         into_log = _IntoTaskLog(job_id, self.log)
@@ -424,9 +455,13 @@ class MeadowOperator(BaseOperator):
             raise MeadowRemoteError(
                 f"{self.task_id}: {event.get('message', 'the Meadow trigger sent no job id')}"
             )
-        host = self._check_inputs()
+        host = self._resolve_host()
         self._job_id, self._meadow_host = job_id, host
-        return self._collect(context, host, job_id, lambda: wait_for_job_sync(job_id, host), None)
+        with self._credentials(host):
+            self._check_inputs(host)
+            return self._collect(
+                context, host, job_id, lambda: wait_for_job_sync(job_id, host), None
+            )
 
     def _collect(
         self,
@@ -503,7 +538,8 @@ class MeadowOperator(BaseOperator):
         """The task was killed (timeout, mark failed, shutdown): cancel the remote job."""
         if self._job_id is not None and self._meadow_host is not None:
             try:
-                cancel_job_sync(self._job_id, self._meadow_host)
+                with self._credentials(self._meadow_host):
+                    cancel_job_sync(self._job_id, self._meadow_host)
                 self.log.info("Cancelled Meadow job %s", self._job_id)
             except JobNotFoundError:
                 pass

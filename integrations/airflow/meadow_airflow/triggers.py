@@ -1,9 +1,11 @@
 """``MeadowJobTrigger``: wait in the triggerer for a Meadow job, with async calls only.
 
-It imports nothing but ``meadow_core`` and Airflow's trigger base, so the triggerer can
-load it without the DAG's code. It does not hand the result over: the event says the job
-ended, and ``MeadowOperator.execute_complete`` reads the value and the log from Meadow's
-store on the worker, where the user's classes can be unpickled.
+It imports nothing but ``meadow_core`` and Airflow's SDK, so the triggerer can load it
+without the DAG's code. For an AWS host it reads ``aws_conn_id`` itself (only the id
+travels in its kwargs) and waits under those credentials. It does not hand the result
+over: the event says the job ended, and ``MeadowOperator.execute_complete`` reads the
+value and the log from Meadow's store on the worker, where the user's classes can be
+unpickled.
 """
 
 from __future__ import annotations
@@ -14,23 +16,42 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from meadow_airflow.aws import aws_credentials_async, using
 from meadow_airflow.hosts import host_from_spec
-from meadow_core import JobNotFoundError, cancel_job, wait_for_job
+from meadow_core import Host, JobNotFoundError, cancel_job, wait_for_job
 
 
 class MeadowJobTrigger(BaseTrigger):
     """Fires once the Meadow job ``job_id`` on the host described by ``host`` has ended."""
 
-    def __init__(self, job_id: str, host: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        host: dict[str, Any],
+        aws_conn_id: str | None = None,
+        region_name: str | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.job_id = job_id
         self.host = host
+        self.aws_conn_id = aws_conn_id  # the id only: the trigger reads the connection
+        self.region_name = region_name
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"job_id": self.job_id, "host": self.host},
+            {
+                "job_id": self.job_id,
+                "host": self.host,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+            },
         )
+
+    async def _host(self) -> tuple[Host, Any]:
+        """The host, and the AWS credentials to use with it (``None``: boto3's chain)."""
+        host = host_from_spec(self.host)
+        return host, await aws_credentials_async(host, self.aws_conn_id, self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait with ``wait_for_job``, which never cancels the job if the triggerer stops."""
@@ -38,7 +59,9 @@ class MeadowJobTrigger(BaseTrigger):
         try:
             # Nothing is unpickled here: the value is read on the worker, where the user's
             # classes can be imported.
-            record = await wait_for_job(self.job_id, host_from_spec(self.host), fetch_result=False)
+            host, credentials = await self._host()
+            with using(credentials):
+                record = await wait_for_job(self.job_id, host, fetch_result=False)
             if record.state != "succeeded":
                 event["status"] = "failed"
         except JobNotFoundError as exc:
@@ -53,5 +76,6 @@ class MeadowJobTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """A user killed the deferred task (mark failed/success, clear): cancel the job."""
-        with contextlib.suppress(JobNotFoundError):
-            await cancel_job(self.job_id, host_from_spec(self.host))
+        host, credentials = await self._host()
+        with contextlib.suppress(JobNotFoundError), using(credentials):
+            await cancel_job(self.job_id, host)

@@ -31,8 +31,17 @@ os.environ.update(
         "MEADOW_HOME": str(_ROOT / "meadow"),
         "MEADOW_AIRFLOW_TEST_MARKERS": str(_ROOT / "markers"),
         "AIRFLOW_CONN_MEADOW_TEST_AWS": '{"conn_type": "aws"}',
+        # AWS hosts get credentials from connections only: nothing from this machine.
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": str(_ROOT / "no-aws-credentials"),
+        "AWS_CONFIG_FILE": str(_ROOT / "no-aws-config"),
+        "MEADOW_AWS_CATALOG": "snapshot",
     }
 )
+for _name in [n for n in os.environ if n.startswith("AWS_") and n not in os.environ.get(
+    "MEADOW_KEEP_AWS_VARIABLES", "AWS_EC2_METADATA_DISABLED AWS_SHARED_CREDENTIALS_FILE "
+    "AWS_CONFIG_FILE").split()]:
+    del os.environ[_name]
 (_ROOT / "markers").mkdir(parents=True)
 
 # Airflow binds its log handlers to the stdout of the moment it configures logging; under

@@ -1,0 +1,90 @@
+"""MeadowOperator on EC2 end to end: the dev cloud (moto plus simulated VMs) as the
+account, and the credentials only in an Airflow connection, never in the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import load_dag, run_dag
+
+from meadow_core.aws import admin, session
+from meadow_core.aws.devcloud import netns
+from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, check_host
+
+REGION = "us-east-2"
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def devcloud_connection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCloud]:
+    """A dev cloud with Meadow installed, reachable only through ``meadow_devcloud``."""
+    try:
+        check_host()
+    except DevCloudError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must be able to run the dev cloud: {error}")
+        pytest.skip(str(error))
+    cloud = DevCloud.start(Path(tmp_path_factory.mktemp("devcloud")), shared_paths=(sys.prefix,))
+    env = cloud.env
+    credentials = session.AwsCredentials(
+        access_key_id=env["AWS_ACCESS_KEY_ID"],
+        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+    )
+    connection = {
+        "conn_type": "aws",
+        "login": credentials.access_key_id,
+        "password": credentials.secret_access_key,
+        "extra": {"region_name": REGION, "endpoint_url": credentials.endpoint_url},
+    }
+    os.environ["AIRFLOW_CONN_MEADOW_DEVCLOUD"] = json.dumps(connection)
+    os.environ["AIRFLOW_CONN_MEADOW_ROLE"] = json.dumps(
+        {**connection, "extra": {"role_arn": "arn:aws:iam::123456789012:role/x"}}
+    )
+    try:
+        with session.using(credentials):
+            admin.install(REGION)
+        yield cloud
+    finally:
+        with session.using(credentials):
+            ec2 = session.client("ec2", REGION)
+            ids = [
+                i["InstanceId"]
+                for r in ec2.describe_instances()["Reservations"]
+                for i in r["Instances"]
+                if i["State"]["Name"] in ("pending", "running")
+            ]
+            if ids:
+                ec2.terminate_instances(InstanceIds=ids)
+        cloud.stop()
+        session.reset()
+        assert not netns.existing(cloud.prefix), "the dev cloud left network namespaces"
+
+
+def test_operator_runs_on_ec2_with_credentials_from_a_connection(
+    devcloud_connection: DevCloud,
+) -> None:
+    assert not [name for name in os.environ if name.startswith("AWS_ACCESS")]
+    run = run_dag(load_dag("meadow_aws"))
+
+    # Waiting on the worker, then deferred to the trigger: both on the same (warm)
+    # instance, the remote print in each task's own log, the instance id in XCom.
+    for task_id in ("waits_on_ec2", "deferred_on_ec2"):
+        assert run.states[(task_id, -1)] == "success", run.task_log(task_id)
+        instance = run.xcom[(task_id, -1)]
+        assert instance.startswith("i-") and instance in devcloud_connection.vms()
+        assert f"running on instance {instance}" in run.task_log(task_id)
+    assert run.xcom[("waits_on_ec2", -1)] == run.xcom[("deferred_on_ec2", -1)]
+
+    # No connection, and nothing in the environment: refused before anything launches.
+    assert run.states[("no_credentials", -1)] == "failed"
+    assert "no AWS credentials found" in run.task_log("no_credentials")
+    # A connection that wants a role assumed says Meadow cannot do that yet.
+    assert run.states[("assumes_a_role", -1)] == "failed"
+    assert "aws_conn_id='meadow_role' asks for assuming a role" in run.task_log("assumes_a_role")
