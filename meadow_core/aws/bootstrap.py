@@ -10,6 +10,7 @@ instance needs no tool (curl, awscli) beyond ``python3``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -67,8 +68,10 @@ def _package_files() -> list[Path]:
     )
 
 
+@functools.cache
 def bundle_key() -> str:
-    """The store key of this caller's bundle: a hash of Python, pins and Meadow's code."""
+    """The store key of this caller's bundle: a hash of Python, pins and Meadow's code
+    (once per process: neither changes while it runs)."""
     digest = hashlib.sha256()
     digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
     digest.update("\n".join(_pins()).encode())

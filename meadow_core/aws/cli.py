@@ -152,7 +152,7 @@ def cache_group() -> None:
 
 _older_than_option = click.option(
     "--older-than-days",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=1),
     default=30.0,
     show_default=True,
     help="Unused means: no job of this many days read it, and it is older than that.",

@@ -258,7 +258,7 @@ class AllocEC2Instance(Host):
                 "state": "running",
                 "created": spec.created,
                 # What the job reads from the bucket: `meadow aws cache prune` keeps it.
-                "refs": store_cache.job_refs(spec, self._state.get("bundle_key")),
+                "refs": store_cache.job_refs(spec, bootstrap.bundle_key()),
             },
         )
         if not created:
@@ -391,7 +391,6 @@ class AllocEC2Instance(Host):
         if time.monotonic() - made >= KNOWN_PRESENT_SECONDS:
             key = bootstrap.publish(self.store)
             url = self.store.presigned_get(key, expires=7 * 24 * 3600 - 60)
-            self._state["bundle_key"] = key
             self._state["user_data_made"] = time.monotonic()
             self._state["user_data"] = bootstrap.user_data(
                 url,

@@ -60,8 +60,9 @@ HEARTBEAT_SECONDS = 5.0
 LOG_FLUSH_SECONDS = 0.5
 #: A task handed out this often without a result is reported lost, not run again.
 MAX_DELIVERIES = 5
-#: A job drained here that its caller has not recorded as over after this long has no
-#: caller watching; the instance settles it (sooner if the instance ends first).
+#: A job drained here that its caller has not recorded as over after this long (or half
+#: the idle timeout, if shorter) has no caller watching; the instance settles it, and
+#: checks again this often while other instances still run some of its tasks.
 SETTLE_GRACE_SECONDS = 30.0
 
 
@@ -429,40 +430,57 @@ class InstanceAgent:
                 await self.call(self.registry.release, self.instance_id, server.job_id)
 
     async def _settle_drained(self, now: float | None = None) -> None:
-        """Settle the jobs left here at least ``SETTLE_GRACE_SECONDS`` ago (all of them
-        when ``now`` is None: the instance is ending)."""
+        """Settle the jobs left here a grace period ago (all of them when ``now`` is
+        None: the instance is ending); a job still running elsewhere is checked again
+        after another grace period."""
+        grace = min(SETTLE_GRACE_SECONDS, self.idle_timeout / 2)
         for job_id, since in list(self.drained.items()):
             if job_id in self.jobs:
                 del self.drained[job_id]  # served again: it ends here later, or elsewhere
-            elif now is None or now - since >= SETTLE_GRACE_SECONDS:
-                del self.drained[job_id]
-                try:
-                    await self.call(self.settle_job, job_id)
-                except Exception:
-                    log.warning("could not settle job %s", job_id, exc_info=True)
+                continue
+            if now is not None and now - since < grace:
+                continue
+            try:
+                result = await self.call(self.settle_job, job_id)
+            except Exception:
+                log.warning("could not settle job %s", job_id, exc_info=True)
+                result = "waiting"
+            if result == "waiting" and now is not None:
+                self.drained[job_id] = now  # look again after another grace period
+            else:
+                self.drained.pop(job_id, None)
 
-    def settle_job(self, job_id: str) -> bool:
+    async def _settler(self) -> None:
+        """Its own loop: reading a big job's outcomes must never delay a heartbeat."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self._settle_drained(time.monotonic())
+
+    def settle_job(self, job_id: str) -> str:
         """Record a job whose every task has a final outcome as over, and delete its
         queues, if its caller has not: without this a job whose caller was killed would
         read ``running`` and keep its queues forever. A caller that comes back replays
-        the outcomes from S3. False if the job is over already or still has work."""
+        the outcomes from S3. Returns ``settled``, ``over`` (already over, or unknown)
+        or ``waiting`` (some tasks have no final outcome yet)."""
         fields = self.registry.job_fields(job_id)
         if fields is None or fields.get("state") in protocol.TERMINAL_JOB_STATES:
-            return False
-        final = transport.final_outcomes(self.remote, job_id)
-        if len(final) < int(fields.get("num_tasks", 0)):
-            return False  # another instance still runs some, or they come back later
+            return "over"
+        num_tasks = int(fields.get("num_tasks", 0))
+        final = transport.final_outcomes(self.remote, job_id, at_least=num_tasks)
+        if len(final) < num_tasks:
+            return "waiting"  # another instance still runs some, or they come back later
         summary = transport.finished_fields(final)
         settled = self.registry.update_job(
             job_id,
             {**summary, "settled_by": self.instance_id},
             expected_state=str(fields.get("state")),
         )
-        if settled:
-            log.info("job %s had no caller watching; settled it as %s", job_id, summary["state"])
-            self.queues.delete_queue(transport.job_queue_name(job_id))
-            self.queues.delete_queue(transport.result_queue_name(job_id))
-        return settled
+        if not settled:
+            return "over"  # its caller (or another instance) recorded it meanwhile
+        log.info("job %s had no caller watching; settled it as %s", job_id, summary["state"])
+        self.queues.delete_queue(transport.job_queue_name(job_id))
+        self.queues.delete_queue(transport.result_queue_name(job_id))
+        return "settled"
 
     async def _reconcile(self) -> None:
         """Serve exactly what the registry allocated here.
@@ -529,7 +547,6 @@ class InstanceAgent:
                     log.warning("%s is not in the registry: terminating", self.instance_id)
                     return
                 await self._reconcile()
-                await self._settle_drained(time.monotonic())
                 idle = time.monotonic() - self.last_busy
                 if not self.jobs and idle >= self.idle_timeout:
                     won = await self.call(self.registry.mark_terminating_if_idle, self.instance_id)
@@ -565,11 +582,13 @@ class InstanceAgent:
     async def run(self) -> None:
         log.info("meadow instance agent on %s", self.instance_id)
         control = _background(self._control(), "control queue")
+        settler = _background(self._settler(), "settling jobs")
         done, _ = await asyncio.wait(
             [_background(self._heartbeat(), "heartbeat"), _background(self._watch_spot(), "spot")],
             return_when=asyncio.FIRST_COMPLETED,
         )
         control.cancel()
+        settler.cancel()
         for task in done:
             task.result()
         await self._terminate()

@@ -9,10 +9,12 @@ job of the last ``older_than`` seconds used (or any unfinished job), and anythin
 uploaded within that time, and deletes the rest. Results and logs are per job and are
 ``meadow aws clean``'s and the lifecycle rule's business, not this module's.
 
-A caller remembers for ten minutes that an object is in the bucket (``host.py``), and a
-prune re-reads the newest jobs just before deleting; a job submitted in the moment
-between the two can still lose an object, so prune when nothing is being submitted, or
-keep ``older_than`` long (the default is 30 days).
+Manifests and environment specs uploaded within the window count as used, with what
+they name, and the jobs are read again just before deleting. What remains unguarded is a
+caller between finding an old object present (it then trusts that for ten minutes) and
+recording its job: usually under a second, longer while it builds an environment. So
+prune when nothing is being submitted, and keep ``older_than`` long (at least a day; the
+default is 30 days).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
+from meadow_core import protocol
 from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore, StoredObjectInfo
+from meadow_core.aws.transport import spec_key
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import packed_key
 from meadow_core.protocol import TERMINAL_JOB_STATES, JobSpec
@@ -40,6 +44,8 @@ KINDS: dict[str, str] = {
     "bootstrap/": "agent bundles",
 }
 DEFAULT_OLDER_THAN_DAYS = 30.0
+#: Callers trust for ten minutes that an object they saw is still there.
+MIN_OLDER_THAN_SECONDS = 86400.0
 _ARCHIVE_SUFFIXES = (".tar.zst", ".tar.gz")
 
 
@@ -77,15 +83,23 @@ class PruneReport:
         return sum(o.size_bytes for o in self.deleted)
 
 
-def _live_roots(registry: InstanceRegistry, cutoff: float, since: float = 0.0) -> set[str]:
-    """Refs of jobs created after ``cutoff`` (and after ``since``) or not yet over."""
+def _live_roots(registry: InstanceRegistry, store: S3ObjectStore, cutoff: float) -> set[str]:
+    """Refs of jobs created after ``cutoff`` or not yet over. An unfinished job from a
+    caller that recorded no refs (an older Meadow) is read from its stored spec."""
     roots: set[str] = set()
     for job in registry.all_jobs():
         created = float(job.get("created") or 0.0)
-        if created < since:
+        unfinished = job.get("state") not in TERMINAL_JOB_STATES
+        if created < cutoff and not unfinished:
             continue
-        if created >= cutoff or job.get("state") not in TERMINAL_JOB_STATES:
-            roots.update(str(k) for k in job.get("refs") or ())
+        refs = job.get("refs")
+        if refs is None and unfinished:
+            try:
+                raw = store.get(spec_key(str(job["job_id"])))
+            except KeyError:
+                continue
+            refs = job_refs(JobSpec.from_wire(protocol.unpack(raw)))
+        roots.update(str(k) for k in refs or ())
     return roots
 
 
@@ -110,19 +124,26 @@ def _expand(roots: Iterable[str], store: S3ObjectStore) -> set[str]:
 
 def _classify(
     store: S3ObjectStore, registry: InstanceRegistry, older_than: float, now: float
-) -> tuple[list[StoredObjectInfo], list[StoredObjectInfo]]:
-    """(kept, unused) over every content-addressed object."""
+) -> tuple[list[StoredObjectInfo], list[StoredObjectInfo], set[str]]:
+    """(kept, unused, recent roots) over every content-addressed object. A manifest or
+    spec uploaded within the window counts as used (its job may not be recorded yet),
+    and so does what it names."""
     cutoff = now - older_than
-    live = _expand(_live_roots(registry, cutoff), store)
+    objects = [info for prefix in KINDS for info in store.list_objects(prefix)]
+    recent_roots = {
+        o.key
+        for o in objects
+        if o.last_modified >= cutoff and o.key.startswith(("code/manifests/", "envs/specs/"))
+    }
+    live = _expand(_live_roots(registry, store, cutoff) | recent_roots, store)
     kept: list[StoredObjectInfo] = []
     unused: list[StoredObjectInfo] = []
-    for prefix in KINDS:
-        for info in store.list_objects(prefix):
-            if info.key in live or info.last_modified >= cutoff:
-                kept.append(info)
-            else:
-                unused.append(info)
-    return kept, unused
+    for info in objects:
+        if info.key in live or info.last_modified >= cutoff:
+            kept.append(info)
+        else:
+            unused.append(info)
+    return kept, unused, recent_roots
 
 
 def _kind(key: str) -> str:
@@ -136,7 +157,7 @@ def summarize(
     now: float | None = None,
 ) -> list[KindSummary]:
     """Per kind: how many objects and bytes, and how many a prune would delete."""
-    kept, unused = _classify(store, registry, older_than, now or time.time())
+    kept, unused, _ = _classify(store, registry, older_than, now or time.time())
     rows = []
     for kind in KINDS.values():
         mine = [o for o in kept if _kind(o.key) == kind]
@@ -162,17 +183,21 @@ def prune(
 ) -> PruneReport:
     """Delete what no job of the last ``older_than`` seconds used and what was uploaded
     before them. ``now`` exists for tests (a bucket cannot be aged)."""
-    started = time.time()
-    now = started if now is None else now
-    kept, unused = _classify(store, registry, older_than, now)
-    # A job submitted while we looked may use an old object: keep what it names.
-    late = _expand(_live_roots(registry, cutoff=now - older_than, since=started - 60), store)
-    doomed = [o for o in unused if o.key not in late]
+    if older_than < MIN_OLDER_THAN_SECONDS:
+        raise ValueError(
+            f"older_than={older_than:g}s is too short: callers trust for ten minutes that "
+            f"an object is in the bucket; use at least {MIN_OLDER_THAN_SECONDS:g}s (a day)"
+        )
+    now = time.time() if now is None else now
+    kept, unused, recent_roots = _classify(store, registry, older_than, now)
+    # Jobs recorded while we looked may use old objects: ask again, then delete.
+    still = _expand(_live_roots(registry, store, now - older_than) | recent_roots, store)
+    doomed = [o for o in unused if o.key not in still]
     report = PruneReport(
         deleted=doomed,
         kept_objects=len(kept) + len(unused) - len(doomed),
         kept_bytes=sum(o.size_bytes for o in kept)
-        + sum(o.size_bytes for o in unused if o.key in late),
+        + sum(o.size_bytes for o in unused if o.key in still),
     )
     if not dry_run:
         # Specs and manifests before the archives and code they name: an interrupted

@@ -65,13 +65,19 @@ def results_prefix(job_id: str) -> str:
     return f"results/{job_id}/outcomes/"
 
 
-def final_outcomes(store: S3ObjectStore, job_id: str) -> dict[int, TaskOutcome]:
+def final_outcomes(
+    store: S3ObjectStore, job_id: str, at_least: int = 0
+) -> dict[int, TaskOutcome]:
     """Each task's final outcome as stored in S3 (tasks still retrying are absent).
 
-    Only each task's latest attempt is read: keys sort by task, then attempt."""
+    Only each task's latest attempt is read (keys sort by task, then attempt), and
+    nothing at all when fewer than ``at_least`` tasks have an outcome: a listing is
+    cheap, reading ten thousand outcomes is not."""
     latest: dict[int, str] = {}
     for key in store.list_keys(results_prefix(job_id)):
         latest[int(key.rsplit("/", 1)[-1].split(".", 1)[0])] = key
+    if len(latest) < at_least:
+        return {}
 
     def read(key: str) -> TaskOutcome:
         return TaskOutcome.from_wire(protocol.unpack(store.get(key)))

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from meadow_core import code_snapshot
-from meadow_core.aws import admin, session, store_cache
+from meadow_core import code_snapshot, protocol
+from meadow_core.aws import admin, session, store_cache, transport
 from meadow_core.aws.cli import aws
 from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore
+from meadow_core.protocol import Environment, JobSpec
 
 DAY = 86400.0
 THIRTY_DAYS = 30 * DAY
@@ -124,17 +126,71 @@ def test_nothing_younger_than_the_window_is_pruned(
     assert report.deleted == [] and "functions/unreferenced-but-new" in _keys(store)
 
 
+def test_a_job_recorded_while_the_prune_looks_keeps_what_it_uses(
+    installed: tuple[str, S3ObjectStore, InstanceRegistry],
+) -> None:
+    """The registry is read again just before deleting: a job recorded in between
+    (here: invisible to the first read) keeps its old objects."""
+    _, store, registry = installed
+    store.put("functions/late", b"x")
+    store.put("functions/unused", b"x")
+    judged_at = time.time() + 35 * DAY
+    registry.put_job(
+        "late-job", {"state": "running", "created": judged_at, "refs": ["functions/late"]}
+    )
+
+    class FirstReadMissesTheLateJob:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def all_jobs(self) -> list[dict[str, Any]]:
+            self.reads += 1
+            jobs = registry.all_jobs()
+            return [j for j in jobs if j["job_id"] != "late-job"] if self.reads == 1 else jobs
+
+    racing = FirstReadMissesTheLateJob()
+    report = store_cache.prune(store, racing, THIRTY_DAYS, judged_at)  # type: ignore[arg-type]
+    assert racing.reads == 2
+    assert [o.key for o in report.deleted] == ["functions/unused"]
+    assert "functions/late" in _keys(store)
+
+
+def test_an_unfinished_job_without_refs_keeps_what_its_spec_names(
+    installed: tuple[str, S3ObjectStore, InstanceRegistry],
+) -> None:
+    """A job submitted by an older caller (no ``refs``) still running: its stored spec
+    says what it reads."""
+    _, store, registry = installed
+    store.put("functions/old-caller", b"x")
+    store.put("functions/unused", b"x")
+    spec = JobSpec(
+        job_id="old-caller-job",
+        kind="function",
+        name="f",
+        environment=Environment(interpreter="python3", sys_path=[], working_directory="/"),
+        resources={},
+        num_tasks=1,
+        function_key="functions/old-caller",
+    )
+    store.put(transport.spec_key(spec.job_id), protocol.pack(spec.to_wire()))
+    registry.put_job(spec.job_id, {"state": "running", "created": time.time()})
+    report = store_cache.prune(store, registry, THIRTY_DAYS, time.time() + 35 * DAY)
+    assert [o.key for o in report.deleted] == ["functions/unused"]
+
+
 def test_the_cli_lists_and_prunes(installed: tuple[str, S3ObjectStore, InstanceRegistry]) -> None:
     region, store, _ = installed
     store.put("functions/f", b"x" * 2_000_000)
     listed = CliRunner().invoke(aws, ["cache", "list", "--region", region])
     assert listed.exit_code == 0, listed.output
     assert "functions" in listed.output and "2.0 MB" in listed.output
-    pruned = CliRunner().invoke(
-        aws, ["cache", "prune", "--region", region, "--older-than-days", "0", "--dry-run"]
-    )
+    pruned = CliRunner().invoke(aws, ["cache", "prune", "--region", region])
     assert pruned.exit_code == 0, pruned.output
-    assert "would delete 1 objects (2.0 MB)" in pruned.output
+    assert "deleted 0 objects (0.0 MB); kept 1 (2.0 MB)" in pruned.output  # it is new
+    too_short = CliRunner().invoke(
+        aws, ["cache", "prune", "--region", region, "--older-than-days", "0.001"]
+    )
+    assert too_short.exit_code != 0 and "--older-than-days" in too_short.output
     assert "functions/f" in _keys(store)
 
 
