@@ -20,6 +20,7 @@ from rich.table import Table
 from meadow_core import api, cache
 from meadow_core._portal import portal
 from meadow_core.errors import MeadowError
+from meadow_core.hosts.base import Host
 from meadow_core.hosts.local import DEFAULT_IDLE_TIMEOUT, LocalHost
 from meadow_core.protocol import JobRecord
 from meadow_core.resources import Resources
@@ -28,15 +29,36 @@ from meadow_core.results import RunMapTasksFailedException, TaskException
 _console = Console(stderr=True)
 
 
-def _host(ctx: click.Context) -> LocalHost:
-    host: LocalHost | None = ctx.obj.get("host")
+def _local_host(ctx: click.Context) -> LocalHost:
+    """This machine's host (the agent and cache commands are about this machine only)."""
+    host: LocalHost | None = ctx.obj.get("local_host")
     if host is None:
         options = ctx.obj["options"]
         host = LocalHost(
             home=options["home"],
-            idle_timeout=options["idle_timeout"],
+            idle_timeout=options["idle_timeout"] or DEFAULT_IDLE_TIMEOUT,
         )
-        ctx.obj["host"] = host
+        ctx.obj["local_host"] = host
+    return host
+
+
+def _host(ctx: click.Context) -> Host:
+    """Where job commands go: ``--ec2`` (or ``--region``) means EC2, else this machine."""
+    options = ctx.obj["options"]
+    if not (options["ec2"] or options["region"]):
+        return _local_host(ctx)
+    host: Host | None = ctx.obj.get("ec2_host")
+    if host is None:
+        try:
+            from meadow_core.aws.host import AllocEC2Instance
+        except ImportError as exc:
+            message = f"--ec2 needs boto3 ({exc}): pip install 'meadow[aws]'"
+            raise click.UsageError(message) from None
+        settings: dict[str, Any] = {"region_name": options["region"]}
+        if options["idle_timeout"] is not None:
+            settings["idle_timeout"] = options["idle_timeout"]
+        host = AllocEC2Instance(**settings)
+        ctx.obj["ec2_host"] = host
     return host
 
 
@@ -112,16 +134,34 @@ def _with_resource_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--idle-timeout",
     type=float,
-    default=DEFAULT_IDLE_TIMEOUT,
-    show_default=True,
-    help="Seconds an agent started by this command waits without work before exiting.",
+    default=None,
+    help=f"Seconds an agent (or an EC2 instance) started by this command waits without "
+    f"work before exiting [default: {DEFAULT_IDLE_TIMEOUT:g} here, 300 on EC2].",
+)
+@click.option(
+    "--ec2",
+    is_flag=True,
+    help="Run and inspect jobs on EC2 (AllocEC2Instance) instead of this machine.",
+)
+@click.option(
+    "--region",
+    default=None,
+    help="AWS region for --ec2 (implies it; default: AWS_DEFAULT_REGION or your profile's).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the remote output.")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, idle_timeout: float, quiet: bool) -> None:
-    """Meadow runs functions, commands and maps on machines it provisions (here: this one)."""
+def cli(
+    ctx: click.Context,
+    home: str | None,
+    idle_timeout: float | None,
+    ec2: bool,
+    region: str | None,
+    quiet: bool,
+) -> None:
+    """Meadow runs functions, commands and maps on machines it provisions: this one, or
+    EC2 instances with --ec2."""
     ctx.ensure_object(dict)
-    ctx.obj["options"] = {"home": home, "idle_timeout": idle_timeout}
+    ctx.obj["options"] = {"home": home, "idle_timeout": idle_timeout, "ec2": ec2, "region": region}
     _setup_logging(quiet)
 
 
@@ -384,7 +424,7 @@ def _human(size: int) -> str:
 @click.pass_context
 def cache_list_cmd(ctx: click.Context) -> None:
     """Cache entries, least recently used first."""
-    entries = cache.cache_entries(_host(ctx).place)
+    entries = cache.cache_entries(_local_host(ctx).place)
     for entry in entries:
         click.echo(
             f"{_when(entry.last_used)}  {_human(entry.size_bytes):>9}  {entry.kind:<18} {entry.key}"
@@ -400,7 +440,7 @@ def cache_prune_cmd(
     ctx: click.Context, max_gb: float | None, older_than_days: float | None
 ) -> None:
     """Remove least recently used entries (stop the agent first: it may be using them)."""
-    host = _host(ctx)
+    host = _local_host(ctx)
     if max_gb is None and older_than_days is None:
         raise click.UsageError("give --max-gb or --older-than-days")
     if host.agent_pid() is not None:
@@ -425,7 +465,7 @@ def agent_group() -> None:
 @click.pass_context
 def agent_status_cmd(ctx: click.Context) -> None:
     """Show whether the agent runs, what it runs and what this machine offers."""
-    host = _host(ctx)
+    host = _local_host(ctx)
     pid = host.agent_pid()
     if pid is None:
         click.echo(f"no agent is running for {host.place.home}")
@@ -444,7 +484,7 @@ def agent_status_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def agent_stop_cmd(ctx: click.Context) -> None:
     """Stop the agent now; unfinished tasks stay queued for the next one."""
-    host = _host(ctx)
+    host = _local_host(ctx)
     pid = host.agent_pid()
     host.shutdown()
     click.echo("no agent was running" if pid is None else f"stopped agent {pid}")

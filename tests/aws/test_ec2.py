@@ -210,6 +210,35 @@ def test_run_command_streams_its_output_and_returns_its_exit_code(
     assert "hello from ec2" in caplog.text
 
 
+def test_the_meadow_command_follows_ec2_jobs(cloud: DevCloud, deployment: mc.Deployment) -> None:
+    """`meadow --region R wait/jobs/status/logs` on a job submitted without waiting."""
+    handle = mc.run_command_sync(
+        ["sh", "-c", "echo made on an instance"],
+        host=_host(),
+        resources=SMALL,
+        deployment=deployment,
+        wait_for_result=False,
+    )
+
+    def meadow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meadow_core.cli", "--region", REGION, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    waited = meadow("wait", handle.job_id)
+    assert waited.returncode == 0, waited.stderr
+    assert "made on an instance" in waited.stdout
+    listed = meadow("jobs")
+    assert f"{handle.job_id}\tsucceeded\t1/1\tcommand" in listed.stdout, listed.stderr
+    status = meadow("status", handle.job_id)
+    assert "succeeded" in status.stdout and "1/1 done" in status.stdout, status.stderr
+    logs = meadow("logs", handle.job_id)
+    assert logs.returncode == 0 and "made on an instance" in logs.stdout, logs.stderr
+
+
 def test_a_finished_job_can_be_waited_on_and_its_id_reattaches(
     cloud: DevCloud, deployment: mc.Deployment
 ) -> None:
