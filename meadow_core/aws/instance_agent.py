@@ -43,6 +43,7 @@ import boto3
 from meadow_core import protocol
 from meadow_core.agent.agent import MEMORY_BOUND_FRACTION
 from meadow_core.aws import transport
+from meadow_core.aws.mirror import StoreMirror
 from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore
 from meadow_core.aws.transport import Queues
@@ -374,6 +375,7 @@ class InstanceAgent:
             logical_cpu=record.logical_cpu if record else None,
             memory_gb=record.memory_gb if record else None,
         )
+        self.mirror = StoreMirror(self.remote, self.local.place.store)
 
     async def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking boto3 call on the agent's own (large) thread pool."""
@@ -383,13 +385,10 @@ class InstanceAgent:
     # -- objects ---------------------------------------------------------------------
 
     def copy_down(self, key: str) -> None:
-        local = self.local.place.store
-        if not local.exists(key):
-            local.put(key, self.remote.get(key))
+        self.mirror.copy_down(key)
 
     def copy_up(self, key: str) -> None:
-        if not self.remote.exists(key):
-            self.remote.put(key, self.local.place.store.get(key))
+        self.mirror.copy_up(key)
 
     def prefetch(self, spec: JobSpec, task: TaskMessage) -> None:
         """Copy what the task reads from the local store into it from S3 (content

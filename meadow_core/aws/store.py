@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import botocore.exceptions
@@ -107,6 +108,17 @@ class S3ObjectStore(ObjectStore):
 
     def get(self, key: str) -> bytes:
         return self._get(key)
+
+    def download(self, key: str, path: Path) -> None:
+        """Stream an object into a file (large ones in parallel ranges), never holding
+        it in memory: an environment archive can be gigabytes."""
+        try:
+            self.client.download_file(self.bucket, key, str(path), Config=_TRANSFER)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(f"no object {self.location(key)}") from exc
+            _no_bucket(exc, self.bucket)
+            raise
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:

@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from meadow_core import protocol
@@ -41,6 +41,21 @@ class LocalObjectStore(ObjectStore):
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_from(self, key: str, fill: Callable[[Path], None]) -> None:
+        """Store what ``fill`` writes into a temporary file beside the object's place
+        (then renamed into it): large objects never pass through memory."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            fill(Path(tmp))
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
