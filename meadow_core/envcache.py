@@ -54,6 +54,7 @@ from meadow_core.errors import InvalidRequestError
 from meadow_core.interpreters import MEADOW_INTERPRETER, EnvironmentSpec
 from meadow_core.interpreters import uv_binary as _uv_on_caller
 from meadow_core.transport.base import ObjectStore
+from meadow_core.transport.local import LocalObjectStore
 
 log = logging.getLogger("meadow.envcache")
 
@@ -414,7 +415,7 @@ def stored_archive(spec_key: str, store: ObjectStore) -> str | None:
     return None
 
 
-def _tar(args: list[str], data: bytes | None = None) -> bytes:
+def _tar(args: list[str], data: bytes | None = None, packing: bool = False) -> bytes:
     result = subprocess.run(
         ["tar", *args],
         input=data,
@@ -422,8 +423,9 @@ def _tar(args: list[str], data: bytes | None = None) -> bytes:
         timeout=1800,
         preexec_fn=_die_with_agent if _PRCTL is not None else None,
     )
-    # 1: a file changed while it was read (a task writing bytecode); the archive is whole.
-    if result.returncode not in (0, 1) or (result.returncode == 1 and data is not None):
+    # 1 while packing: a file changed while it was read (a task writing bytecode); the
+    # archive is whole. Anything else is a failure.
+    if result.returncode not in (0, 1) or (result.returncode == 1 and not packing):
         words = result.stderr.decode(errors="replace").strip()
         raise EnvironmentBuildError(f"tar {' '.join(args[:2])}: {words}")
     return result.stdout
@@ -434,7 +436,8 @@ def _pack(folder: Path) -> tuple[str, bytes]:
     if _zstd_tar():
         excludes = [f"--exclude=./{name}" for name in (_COMPLETE, _SHARED)]
         return _ZSTD, _tar(
-            ["--zstd", "-c", "-C", str(folder), *excludes, "--exclude=__pycache__", "-f", "-", "."]
+            ["--zstd", "-c", "-C", str(folder), *excludes, "--exclude=__pycache__", "-f", "-", "."],
+            packing=True,
         )
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -449,15 +452,24 @@ def _pack(folder: Path) -> tuple[str, bytes]:
     return _GZIP, buffer.getvalue()
 
 
-def _unpack(suffix: str, data: bytes, target: Path) -> None:
+def _unpack(suffix: str, source: bytes | Path, target: Path) -> None:
     """Unpack with the ``tar`` program where there is one (Python's tarfile takes
-    several times as long for an environment's hundreds of small files). The store is
-    trusted as it is for pickled functions."""
+    several times as long for an environment's hundreds of small files), from the
+    stored file itself when there is one (a gigabyte archive never enters memory). The
+    store is trusted as it is for pickled functions."""
     target.mkdir()
     if shutil.which("tar") is not None:
-        _tar(["--zstd" if suffix == _ZSTD else "-z", "-x", "-C", str(target), "-f", "-"], data)
+        flags = ["--zstd" if suffix == _ZSTD else "-z", "-x", "-C", str(target), "-f"]
+        if isinstance(source, Path):
+            _tar([*flags, str(source)])
+        else:
+            _tar([*flags, "-"], source)
         return
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+    with (
+        tarfile.open(source, mode="r:gz")
+        if isinstance(source, Path)
+        else tarfile.open(fileobj=io.BytesIO(source), mode="r:gz") as tar
+    ):
         tar.extractall(target, filter="tar")
 
 
@@ -615,7 +627,8 @@ def _make(spec_key: str, store: ObjectStore, cache_root: Path, target: Path) -> 
             (venv / _SHARED).touch()
         elif archive is not None:
             log.info("unpacking environment %s from the store", key)
-            _unpack(archive[archive.index(".tar") :], store.get(archive), venv)
+            local_file = store.file_path(archive) if isinstance(store, LocalObjectStore) else None
+            _unpack(archive[archive.index(".tar") :], local_file or store.get(archive), venv)
             (venv / _SHARED).touch()
         else:
             _build(spec, venv, staging / "work", cache_root)

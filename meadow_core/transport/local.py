@@ -74,6 +74,10 @@ class LocalObjectStore(ObjectStore):
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def file_path(self, key: str) -> Path:
+        """The file holding an object, for programs that read files (``tar``)."""
+        return self._path(key)
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         with open(self._path(key), "rb") as f:
             f.seek(offset)
