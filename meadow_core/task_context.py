@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from pathlib import Path
 
 from meadow_core.transport.base import ObjectStore
@@ -19,6 +20,10 @@ JOB_ID_VARIABLE = "MEADOW_JOB_ID"
 TASK_ID_VARIABLE = "MEADOW_TASK_ID"
 ATTEMPT_VARIABLE = "MEADOW_ATTEMPT"
 STORE_VARIABLE = "MEADOW_STORE"
+#: Set for an agent whose tasks' store is not its own directory: on an EC2 instance,
+#: ``s3://<bucket>?region=<region>``, so outputs outlive the instance and reach the
+#: caller and tasks on other instances.
+TASK_STORE_VARIABLE = "MEADOW_TASK_STORE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +43,16 @@ _current: TaskContext | None = None
 
 
 def open_store(location: str) -> ObjectStore:
-    """An object store from its location: a directory path for LocalHost."""
+    """An object store from its location: a directory path for LocalHost,
+    ``s3://<bucket>?region=<region>`` for a bucket (through boto3's chain; on an
+    instance, its role)."""
+    if location.startswith("s3://"):
+        from meadow_core.aws import session
+        from meadow_core.aws.store import S3ObjectStore
+
+        parsed = urllib.parse.urlsplit(location)
+        region = urllib.parse.parse_qs(parsed.query).get("region", [None])[0]
+        return S3ObjectStore(parsed.netloc, session.client("s3", region))
     from meadow_core.transport.local import LocalObjectStore
 
     return LocalObjectStore(Path(location))

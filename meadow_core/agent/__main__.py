@@ -20,7 +20,7 @@ from meadow_core.agent.agent import Agent
 from meadow_core.agent.capacity import Capacity
 from meadow_core.agent.processes import AGENT_HOME_VARIABLE
 from meadow_core.place import LocalPlace
-from meadow_core.task_context import STORE_VARIABLE
+from meadow_core.task_context import STORE_VARIABLE, TASK_STORE_VARIABLE
 
 #: An agent log past this size is started afresh, so it never grows without bound.
 _MAX_AGENT_LOG_BYTES = 10 * 2**20
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     place = LocalPlace(args.home)
     os.environ[AGENT_HOME_VARIABLE] = str(place.home)
-    os.environ[STORE_VARIABLE] = str(place.store.root)  # tasks open it via current_task()
+    # Tasks open it via current_task(): this home's store, unless the machine's owner
+    # (an EC2 instance agent) names another.
+    os.environ[STORE_VARIABLE] = os.environ.get(TASK_STORE_VARIABLE) or str(place.store.root)
     if args.daemonize and os.fork() > 0:
         # The caller reaps this intermediate process; the agent is re-parented.
         os._exit(0)

@@ -51,6 +51,7 @@ from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import stored_archive
 from meadow_core.hosts.local import LocalHost
 from meadow_core.protocol import JobSpec, TaskMessage, TaskOutcome
+from meadow_core.task_context import TASK_STORE_VARIABLE
 
 log = logging.getLogger("meadow.instance_agent")
 
@@ -369,6 +370,9 @@ class InstanceAgent:
         # The local agent schedules against the instance type's size, as the registry
         # allocated it (not against what the kernel reports, which may differ a little).
         record = self.registry.get(self.instance_id)
+        # current_task().store in tasks here is the bucket: what a task keeps there
+        # outlives this instance and is read by the caller and by other instances.
+        os.environ[TASK_STORE_VARIABLE] = f"s3://{bucket}?region={region}"
         self.local = LocalHost(
             home=home,
             idle_timeout=max(idle_timeout, 60.0),

@@ -195,6 +195,20 @@ def test_the_agents_own_interpreter_runs_a_function_pickled_by_value(
     assert tuple(version) == sys.version_info[:2]
 
 
+def test_what_a_task_keeps_in_its_store_lands_in_the_bucket(cloud: DevCloud) -> None:
+    """``current_task().store`` on an instance is Meadow's bucket, not the instance's
+    disk: it outlives the instance and the caller reads it (the Dagster IO manager
+    keeps step outputs there)."""
+    key = f"user/{uuid.uuid4().hex}"
+    mc.run_function_sync(
+        lambda: mc.current_task().store.put(key, b"kept"),  # type: ignore[union-attr]
+        host=_host(),
+        resources=SMALL,
+        deployment=mc.Deployment.preinstalled_interpreter(mc.MEADOW_INTERPRETER),
+    )
+    assert asyncio.run(_host().read_object(key)) == b"kept"
+
+
 def test_run_command_streams_its_output_and_returns_its_exit_code(
     cloud: DevCloud, deployment: mc.Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:
