@@ -207,26 +207,30 @@ dist_version() {
 install_orch() {
     local name="$1" venv="$ROOT/.venvs/$1"
     local pin dist fallback extras="$name"
-    local -a extra=()
+    local -a extra=() more=()
     case "$name" in
         airflow)
             # Its tests also run the operator on the dev cloud (EC2 through moto).
             pin="$AIRFLOW_PIN" dist=apache-airflow fallback="" extras="airflow,aws"
-            extra=("moto[server]>=5.0")
+            more=("moto[server]>=5.0")
             ;;
         prefect)
             pin="$PREFECT_PIN" dist=prefect fallback=prefect
             printf '%s\n' "${PREFECT_OVERRIDES[@]}" >"$TMP/prefect-overrides.txt"
             extra=(--override "$TMP/prefect-overrides.txt")
             ;;
-        dagster) pin="$DAGSTER_PIN" dist=dagster fallback=dagster ;;
+        dagster)
+            # Its tests also run a job's steps on the dev cloud (EC2 through moto).
+            pin="$DAGSTER_PIN" dist=dagster fallback=dagster extras="dagster,aws"
+            more=("moto[server]>=5.0")
+            ;;
         *) die "unknown orchestrator $name" ;;
     esac
 
     ensure_uv
     make_venv "$venv"
     cd "$ROOT"
-    local -a base=(uv pip install --quiet --python "$venv/bin/python" -e ".[$extras]" "${ORCH_TEST_DEPS[@]}")
+    local -a base=(uv pip install --quiet --python "$venv/bin/python" -e ".[$extras]" "${ORCH_TEST_DEPS[@]}" "${more[@]}")
     local how="pinned"
     if ! "${base[@]}" "${extra[@]}" "$pin"; then
         [[ -n "$fallback" ]] || return 1

@@ -68,7 +68,16 @@ class MeadowDagsterConfigError(DagsterInvariantViolationError):
 
 
 def _host_from_config(config: Mapping[str, Any]) -> Host:
-    """The host named by the executor's ``host`` selector (only ``local`` exists today)."""
+    """The host named by the executor's ``host`` selector: ``local`` or ``ec2``."""
+    if "ec2" in config:
+        try:
+            from meadow_core.aws.host import AllocEC2Instance
+        except ImportError as exc:
+            raise MeadowDagsterConfigError(
+                f"meadow_executor host 'ec2' needs boto3 ({exc}): pip install 'meadow[aws]'"
+            ) from exc
+        ec2 = dict(config["ec2"] or {})
+        return AllocEC2Instance(**{k: v for k, v in ec2.items() if v is not None})
     local = config.get("local", {}) or {}
     return LocalHost(
         home=local.get("home"),
@@ -379,7 +388,28 @@ _HOST_SCHEMA = Selector(
                 "memory_gb": Field(Noneable(float), default_value=None),
             },
             is_required=False,
-        )
+        ),
+        "ec2": Field(
+            {
+                "region_name": Field(
+                    Noneable(str),
+                    default_value=None,
+                    description="AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION).",
+                ),
+                "ami_id": Field(Noneable(str), default_value=None),
+                "subnet_id": Field(Noneable(str), default_value=None),
+                "security_group_ids": Field(Noneable([str]), default_value=None),
+                "iam_role_instance_profile": Field(Noneable(str), default_value=None),
+                "idle_timeout": Field(
+                    float,
+                    default_value=300.0,
+                    description="Seconds an instance waits without work before it ends.",
+                ),
+            },
+            is_required=False,
+            description="The cheapest EC2 instance that fits each step, launched or reused "
+            "warm (credentials from boto3's chain: environment, profile, instance role).",
+        ),
     }
 )
 
@@ -451,7 +481,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
     requirements=[],
 )
 def meadow_executor(init_context: InitExecutorContext) -> Executor:
-    """Run every step of the job on a Meadow host (LocalHost by default).
+    """Run every step of the job on a Meadow host (LocalHost by default, or EC2).
 
     Per-op resources come from the op tag ``meadow/resources``; outputs must go through
     an IO manager all machines share (``meadow_io_manager``).

@@ -36,8 +36,9 @@ class _Store:
         return bool(self.backend.exists(key))
 
 
-def object_store(home: str | None) -> _Store:
-    """The Meadow object store to use here: the task's own, else LocalHost's at ``home``."""
+def object_store(home: str | None, ec2_region: str | None = None) -> _Store:
+    """The Meadow object store to use here: the task's own; else the bucket of
+    ``ec2_region``; else LocalHost's at ``home``."""
     import meadow_core
 
     current_task = getattr(meadow_core, "current_task", None)
@@ -49,6 +50,10 @@ def object_store(home: str | None) -> _Store:
         store = getattr(task, "store", None)
         if store is not None:
             return _Store(store)
+    if ec2_region is not None:
+        from meadow_core.aws.host import AllocEC2Instance
+
+        return _Store(AllocEC2Instance(region_name=ec2_region).store)
     # LocalHost's store is a directory under its home; reaching it needs no agent.
     return _Store(LocalHost(home=home).place.store)
 
@@ -65,6 +70,11 @@ class MeadowIOManager(ConfigurableIOManager):
         default=None, description="LocalHost home (default $MEADOW_HOME); unused in a task."
     )
     prefix: str = Field(default="dagster", description="Key prefix inside the store.")
+    ec2_region: str | None = Field(
+        default=None,
+        description="With the executor's ec2 host: its region, so that the orchestrating "
+        "process (output_for_node, a later run's assets) reads outputs from Meadow's bucket.",
+    )
 
     def _key(self, context: InputContext | OutputContext) -> str:
         if isinstance(context, InputContext) and not context.has_asset_key:
@@ -86,14 +96,14 @@ class MeadowIOManager(ConfigurableIOManager):
             return
         key = self._key(context)
         data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        object_store(self.home).put(key, data)
+        object_store(self.home, self.ec2_region).put(key, data)
         context.add_output_metadata({"meadow_key": key, "bytes": len(data)})
 
     def load_input(self, context: InputContext) -> Any:
         if context.dagster_type.is_nothing:
             return None
         key = self._key(context)
-        store = object_store(self.home)
+        store = object_store(self.home, self.ec2_region)
         if not store.exists(key):
             raise FileNotFoundError(
                 f"no output stored under {key!r} in the Meadow object store; did the "

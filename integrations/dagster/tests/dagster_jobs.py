@@ -22,6 +22,7 @@ from dagster import (
     op,
 )
 from meadow_dagster import RESOURCES_TAG, meadow_executor, meadow_io_manager
+from meadow_dagster.io_manager import MeadowIOManager
 
 RESOURCES = {"io_manager": meadow_io_manager}
 
@@ -45,6 +46,18 @@ def total(numbers: list[int]) -> int:
 
 @job(executor_def=meadow_executor, resource_defs=RESOURCES)
 def pipeline_job() -> None:
+    total(double(make_numbers()))
+
+
+#: The dev cloud's region (test_ec2.py): steps run on EC2, outputs go through its bucket.
+EC2_REGION = "us-east-2"
+
+
+@job(
+    executor_def=meadow_executor,
+    resource_defs={"io_manager": MeadowIOManager(ec2_region=EC2_REGION)},
+)
+def ec2_pipeline_job() -> None:
     total(double(make_numbers()))
 
 

@@ -1,0 +1,78 @@
+"""``meadow_executor`` with ``host: {ec2: ...}``: every step on an EC2 instance of the
+dev cloud (moto plus simulated VMs), outputs through Meadow's bucket."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster_jobs as jobs
+import pytest
+from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
+
+from meadow_core import get_job_sync
+from meadow_core.aws import admin, session
+from meadow_core.aws.devcloud import netns
+from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, check_host
+from meadow_core.aws.host import AllocEC2Instance
+
+pytestmark = pytest.mark.timeout(600)
+REGION = jobs.EC2_REGION
+
+
+@pytest.fixture(scope="module")
+def devcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCloud]:
+    """The dev cloud with Meadow installed; boto3 points at it through the environment."""
+    try:
+        check_host()
+    except DevCloudError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must be able to run the dev cloud: {error}")
+        pytest.skip(str(error))
+    cloud = DevCloud.start(Path(tmp_path_factory.mktemp("devcloud")), shared_paths=(sys.prefix,))
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            patch.delenv(name, raising=False)
+        for name, value in {**cloud.env, "MEADOW_AWS_CATALOG": "snapshot"}.items():
+            patch.setenv(name, value)
+        session.reset()
+        try:
+            admin.install(REGION)
+            yield cloud
+        finally:
+            admin.uninstall(REGION)  # terminates what is still running
+            cloud.stop()
+            session.reset()
+    assert not netns.existing(cloud.prefix), "the dev cloud left network namespaces"
+
+
+def test_a_job_runs_every_step_on_ec2(devcloud: DevCloud, instance: DagsterInstance) -> None:
+    run_config = {
+        "execution": {
+            "config": {
+                "host": {"ec2": {"region_name": REGION, "idle_timeout": 60}},
+                "logical_cpu": 1,
+                "memory_gb": 1,
+            }
+        }
+    }
+    with execute_job(
+        reconstructable(jobs.ec2_pipeline_job), instance=instance, run_config=run_config
+    ) as result:
+        assert result.success
+        # Read here, in the orchestrating process, from the bucket.
+        assert result.output_for_node("total") == 12
+        run_id = result.run_id
+    logs = list(instance.all_logs(run_id))
+    starting = [e for e in logs if e.dagster_event_type == DagsterEventType.STEP_WORKER_STARTING]
+    host = AllocEC2Instance(region_name=REGION)
+    for entry in starting:
+        assert entry.dagster_event is not None
+        job_id = entry.dagster_event.event_specific_data.metadata["meadow_job_id"].value  # type: ignore[union-attr]
+        assert get_job_sync(job_id, host).state == "succeeded"
+    assert len(starting) == 3
+    assert devcloud.vms(), "the steps ran on a simulated instance"
+    messages = [e.user_message for e in logs if e.dagster_event is None]
+    assert any(m.startswith("making numbers in pid") for m in messages)
