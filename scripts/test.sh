@@ -215,7 +215,9 @@ install_orch() {
             more=("moto[server]>=5.0")
             ;;
         prefect)
-            pin="$PREFECT_PIN" dist=prefect fallback=prefect
+            # Its tests also run a flow's tasks on the dev cloud (EC2 through moto).
+            pin="$PREFECT_PIN" dist=prefect fallback=prefect extras="prefect,aws"
+            more=("moto[server]>=5.0")
             printf '%s\n' "${PREFECT_OVERRIDES[@]}" >"$TMP/prefect-overrides.txt"
             extra=(--override "$TMP/prefect-overrides.txt")
             ;;

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import load_dag, run_dag
 
-from meadow_core.aws import admin, session
-from meadow_core.aws.devcloud import netns
+from meadow_core.aws.devcloud.installed import credentials, installed_devcloud
 from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, check_host
 
 REGION = "us-east-2"
@@ -29,42 +28,22 @@ def devcloud_connection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[De
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must be able to run the dev cloud: {error}")
         pytest.skip(str(error))
-    cloud = DevCloud.start(Path(tmp_path_factory.mktemp("devcloud")), shared_paths=(sys.prefix,))
-    env = cloud.env
-    credentials = session.AwsCredentials(
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=REGION,
-    )
-    connection = {
-        "conn_type": "aws",
-        "login": credentials.access_key_id,
-        "password": credentials.secret_access_key,
-        "extra": {"region_name": REGION, "endpoint_url": credentials.endpoint_url},
-    }
-    os.environ["AIRFLOW_CONN_MEADOW_DEVCLOUD"] = json.dumps(connection)
-    os.environ["AIRFLOW_CONN_MEADOW_ROLE"] = json.dumps(
-        {**connection, "extra": {"role_arn": "arn:aws:iam::123456789012:role/x"}}
-    )
-    try:
-        with session.using(credentials):
-            admin.install(REGION)
+    state_dir = Path(tmp_path_factory.mktemp("devcloud"))
+    with installed_devcloud(
+        state_dir, REGION, via_environment=False, shared_paths=(sys.prefix,)
+    ) as cloud:
+        known = credentials(cloud, REGION)
+        connection = {
+            "conn_type": "aws",
+            "login": known.access_key_id,
+            "password": known.secret_access_key,
+            "extra": {"region_name": REGION, "endpoint_url": known.endpoint_url},
+        }
+        os.environ["AIRFLOW_CONN_MEADOW_DEVCLOUD"] = json.dumps(connection)
+        os.environ["AIRFLOW_CONN_MEADOW_ROLE"] = json.dumps(
+            {**connection, "extra": {"role_arn": "arn:aws:iam::123456789012:role/x"}}
+        )
         yield cloud
-    finally:
-        with session.using(credentials):
-            ec2 = session.client("ec2", REGION)
-            ids = [
-                i["InstanceId"]
-                for r in ec2.describe_instances()["Reservations"]
-                for i in r["Instances"]
-                if i["State"]["Name"] in ("pending", "running")
-            ]
-            if ids:
-                ec2.terminate_instances(InstanceIds=ids)
-        cloud.stop()
-        session.reset()
-        assert not netns.existing(cloud.prefix), "the dev cloud left network namespaces"
 
 
 def test_operator_runs_on_ec2_with_credentials_from_a_connection(

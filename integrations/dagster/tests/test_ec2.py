@@ -13,8 +13,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
 from meadow_core import get_job_sync
-from meadow_core.aws import admin, session
-from meadow_core.aws.devcloud import netns
+from meadow_core.aws.devcloud.installed import installed_devcloud
 from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, check_host
 from meadow_core.aws.host import AllocEC2Instance
 
@@ -31,21 +30,9 @@ def devcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCloud]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must be able to run the dev cloud: {error}")
         pytest.skip(str(error))
-    cloud = DevCloud.start(Path(tmp_path_factory.mktemp("devcloud")), shared_paths=(sys.prefix,))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-            patch.delenv(name, raising=False)
-        for name, value in {**cloud.env, "MEADOW_AWS_CATALOG": "snapshot"}.items():
-            patch.setenv(name, value)
-        session.reset()
-        try:
-            admin.install(REGION)
-            yield cloud
-        finally:
-            admin.uninstall(REGION)  # terminates what is still running
-            cloud.stop()
-            session.reset()
-    assert not netns.existing(cloud.prefix), "the dev cloud left network namespaces"
+    state_dir = Path(tmp_path_factory.mktemp("devcloud"))
+    with installed_devcloud(state_dir, REGION, shared_paths=(sys.prefix,)) as cloud:
+        yield cloud
 
 
 def test_a_job_runs_every_step_on_ec2(devcloud: DevCloud, instance: DagsterInstance) -> None:
