@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -431,14 +432,14 @@ def _tar(args: list[str], data: bytes | None = None, packing: bool = False) -> b
     return result.stdout
 
 
-def _pack(folder: Path) -> tuple[str, bytes]:
-    """The environment as an archive, without this machine's markers and bytecode."""
+def _pack(folder: Path, archive: Path) -> str:
+    """Write the environment into ``archive`` (a file, never memory: an environment can
+    be gigabytes), without this machine's markers and bytecode; returns the suffix."""
     if _zstd_tar():
         excludes = [f"--exclude=./{name}" for name in (_COMPLETE, _SHARED)]
-        return _ZSTD, _tar(
-            ["--zstd", "-c", "-C", str(folder), *excludes, "--exclude=__pycache__", "-f", "-", "."],
-            packing=True,
-        )
+        excludes.append("--exclude=__pycache__")
+        _tar(["--zstd", "-c", "-C", str(folder), *excludes, "-f", str(archive), "."], packing=True)
+        return _ZSTD
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         name = Path(info.name)
@@ -446,10 +447,9 @@ def _pack(folder: Path) -> tuple[str, bytes]:
             return None
         return info
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+    with tarfile.open(archive, mode="w:gz", compresslevel=1) as tar:
         tar.add(folder, arcname=".", filter=keep)
-    return _GZIP, buffer.getvalue()
+    return _GZIP
 
 
 def _unpack(suffix: str, source: bytes | Path, target: Path) -> None:
@@ -491,13 +491,16 @@ def _upload(spec_key: str, store: ObjectStore, target: Path) -> None:
                 (target / _SHARED).touch()  # another machine (or an older Meadow) packed it
                 return
             started = time.monotonic()
-            suffix, data = _pack(target)
-            store.put(packed_key(spec_key, suffix), data)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pack-") as scratch:
+                archive = Path(scratch) / "environment.tar"
+                suffix = _pack(target, archive)
+                size = archive.stat().st_size
+                store.put_file(packed_key(spec_key, suffix), archive)
             (target / _SHARED).touch()
             log.info(
                 "packed environment %s into the store (%.1f MB, %.2fs)",
                 target.name,
-                len(data) / 1e6,
+                size / 1e6,
                 time.monotonic() - started,
             )
     except Exception:

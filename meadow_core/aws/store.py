@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
@@ -69,6 +70,16 @@ class S3ObjectStore(ObjectStore):
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except botocore.exceptions.ClientError as exc:
             _no_bucket(exc, self.bucket)
+            raise
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload a file in parallel parts, never holding it in memory."""
+        try:
+            self.client.upload_file(str(path), self.bucket, key, Config=_TRANSFER)
+        except boto3.exceptions.S3UploadFailedError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, botocore.exceptions.ClientError):
+                _no_bucket(cause, self.bucket)
             raise
 
     def put_if_absent(self, key: str, data: bytes) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from pathlib import Path
 
 from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
 
@@ -17,6 +18,11 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a file's content under ``key``; stores override this to stream it
+        (an environment archive can be gigabytes)."""
+        self.put(key, path.read_bytes())
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store unless present; content-addressed keys make this the upload-skip path."""

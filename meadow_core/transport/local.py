@@ -62,6 +62,12 @@ class LocalObjectStore(ObjectStore):
                 os.unlink(tmp)
             raise
 
+    def put_file(self, key: str, path: Path) -> None:
+        def fill(tmp: Path) -> None:
+            shutil.copyfile(path, tmp)
+
+        self.put_from(key, fill)
+
     def exists(self, key: str) -> bool:
         path = self._path(key)
         if path.exists():

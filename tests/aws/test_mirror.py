@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from meadow_core.aws.mirror import StoreMirror
+from meadow_core.aws.session import AwsConfigurationError
 from meadow_core.aws.store import ObjectNotFoundError, S3ObjectStore
 from meadow_core.transport.local import LocalObjectStore
 
@@ -67,3 +68,20 @@ def test_a_missing_object_says_where_it_looked_and_leaves_nothing(
     with pytest.raises(ObjectNotFoundError, match="s3://mirror-test/functions/gone"):
         mirror.copy_down("functions/gone")
     assert not [p for p in (tmp_path / "machine").rglob("*") if p.is_file()]
+
+
+def test_a_packed_environment_goes_up_from_its_file(
+    remote: tuple[S3ObjectStore, collections.Counter[str]], tmp_path: Path
+) -> None:
+    """``put_file`` streams a large file in parts (the caller packs environments into
+    a file, not memory); a missing bucket says how to create it."""
+    store, calls = remote
+    archive = tmp_path / "environment.tar.zst"
+    archive.write_bytes(os.urandom(40 << 20))
+    store.put_file("envs/packed/streamed.tar.zst", archive)
+    assert calls["UploadPart"] >= 2, calls  # multipart: never one 40 MB body in memory
+    stored = store.get("envs/packed/streamed.tar.zst")
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(archive.read_bytes()).digest()
+    missing = S3ObjectStore("no-such-bucket", store.client)
+    with pytest.raises(AwsConfigurationError, match="meadow aws install"):
+        missing.put_file("envs/packed/x.tar.zst", archive)
