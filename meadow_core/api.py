@@ -22,9 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cloudpickle
-
-from meadow_core import protocol
+from meadow_core import pickling, protocol
 from meadow_core._portal import portal
 from meadow_core.code_snapshot import build_snapshot
 from meadow_core.deployment import Deployment
@@ -175,7 +173,7 @@ def _check_timeout(timeout_seconds: float | None) -> None:
 
 def _pickle(value: object, what: str) -> bytes:
     try:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+        return pickling.dumps(value)
     except Exception as exc:
         raise SerializationError(
             f"{what} cannot be pickled ({type(exc).__name__}: {exc}); pass plain data, or "
