@@ -42,6 +42,7 @@ import boto3
 
 from meadow_core import protocol
 from meadow_core.agent.agent import MEMORY_BOUND_FRACTION
+from meadow_core.agent.capacity import DEFAULT_TASK_CPU
 from meadow_core.aws import transport
 from meadow_core.aws.mirror import StoreMirror
 from meadow_core.aws.registry import InstanceRegistry
@@ -51,6 +52,7 @@ from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import stored_archive
 from meadow_core.hosts.local import LocalHost
 from meadow_core.protocol import JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import Resources
 from meadow_core.task_context import TASK_STORE_VARIABLE
 
 log = logging.getLogger("meadow.instance_agent")
@@ -445,6 +447,11 @@ class InstanceAgent:
                 continue
             try:
                 result = await self.call(self.settle_job, job_id)
+                stranded = result == "waiting" and now is not None and not self.interrupted
+                if stranded and await self.call(self.rejoin_stranded, job_id):
+                    del self.drained[job_id]
+                    await self._reconcile()  # serves the allocation just taken
+                    continue
             except Exception:
                 log.warning("could not settle job %s", job_id, exc_info=True)
                 result = "waiting"
@@ -484,6 +491,30 @@ class InstanceAgent:
         self.queues.delete_queue(transport.job_queue_name(job_id))
         self.queues.delete_queue(transport.result_queue_name(job_id))
         return "settled"
+
+    def rejoin_stranded(self, job_id: str) -> bool:
+        """Take one worker of a job this instance left whose tasks are back in its queue.
+
+        A worker leaves a job after a few idle seconds, but a task held by an instance
+        that died comes back only after its visibility timeout. A live caller allocates
+        for it again; when the caller is gone too, nobody would, and the job would read
+        ``running`` forever. So the instance that left takes the job back itself."""
+        url = self.queues.url(transport.job_queue_name(job_id))
+        if url is None:
+            return False
+        waiting = self.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]["ApproximateNumberOfMessages"]
+        if int(waiting) == 0:
+            return False
+        spec = JobSpec.from_wire(protocol.unpack(self.remote.get(transport.spec_key(job_id))))
+        per_worker = Resources.from_wire(dict(spec.resources))
+        if per_worker.logical_cpu is None:  # what the caller books for such a worker
+            per_worker = dataclasses.replace(per_worker, logical_cpu=DEFAULT_TASK_CPU)
+        taken = self.registry.try_allocate(self.instance_id, job_id, 1, per_worker)
+        if taken:
+            log.info("tasks of job %s came back to its queue: serving it again", job_id)
+        return taken
 
     async def _reconcile(self) -> None:
         """Serve exactly what the registry allocated here.
@@ -597,8 +628,8 @@ class InstanceAgent:
         await self._terminate()
 
     async def _terminate(self) -> None:
-        if not self.interrupted:
-            await self._settle_drained()
+        # Also on a spot notice: it only settles jobs whose every task is final.
+        await self._settle_drained()
         with contextlib.suppress(Exception):
             await self.call(
                 self.queues.delete_queue, transport.control_queue_name(self.instance_id)
