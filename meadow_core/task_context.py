@@ -47,6 +47,15 @@ def open_store(location: str) -> ObjectStore:
     ``s3://<bucket>?region=<region>`` for a bucket (through boto3's chain; on an
     instance, its role)."""
     if location.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401  (what the bucket is reached through)
+        except ImportError:
+            # Built environments carry only what the worker itself needs; botocore
+            # alone is ~100 MB, so it travels only where a task asks for it.
+            raise ImportError(
+                "current_task().store on EC2 is Meadow's S3 bucket and needs boto3 in the "
+                "task's environment: add boto3 to the deployment's requirements"
+            ) from None
         from meadow_core.aws import session
         from meadow_core.aws.store import S3ObjectStore
 

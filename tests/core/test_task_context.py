@@ -3,6 +3,7 @@ and how long finished jobs are kept."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,3 +77,17 @@ def test_finished_jobs_are_pruned_after_the_retention(
         with pytest.raises(JobNotFoundError):
             get_job_sync(job_id, second)
     assert not (home / "store" / "logs" / job_id).exists()
+
+
+def test_the_bucket_as_store_without_boto3_says_what_to_add() -> None:
+    """A task on EC2 in an environment built without boto3 gets told what to add,
+    not a bare ModuleNotFoundError from deep inside Meadow."""
+    code = (
+        "import sys; sys.modules['boto3'] = None\n"
+        "from meadow_core.task_context import open_store\n"
+        "open_store('s3://meadow-bucket?region=us-east-2')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "needs boto3 in the task's environment" in result.stderr
+    assert "add boto3 to the deployment's requirements" in result.stderr
