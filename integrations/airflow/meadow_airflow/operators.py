@@ -530,7 +530,7 @@ class MeadowOperator(BaseOperator):
         """The value if XCom can hold it, else a reference to it in Meadow's store."""
         if storable and (not self.do_xcom_push or xcom_can_store(value)):
             return value
-        reference = make_reference(job_id, host, type_name)
+        reference = make_reference(job_id, host, type_name, self.aws_conn_id, self.region_name)
         self.log.warning("%s", reference["message"])
         return reference
 

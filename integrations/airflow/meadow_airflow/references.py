@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from meadow_airflow.aws import aws_scope
 from meadow_airflow.hosts import host_from_spec, host_to_spec
 from meadow_core import Host, JobNotFoundError, TaskException, wait_for_job_sync
 
@@ -32,11 +33,21 @@ def xcom_can_store(value: Any) -> bool:
     return True
 
 
-def make_reference(job_id: str, host: Host, value_type: str) -> dict[str, Any]:
-    """The XCom stand-in for a value that stays in Meadow's store."""
+def make_reference(
+    job_id: str,
+    host: Host,
+    value_type: str,
+    aws_conn_id: str | None = None,
+    region_name: str | None = None,
+) -> dict[str, Any]:
+    """The XCom stand-in for a value that stays in Meadow's store. It names the
+    connection and region the job ran under (never a secret), so a reader in another
+    task finds the same bucket."""
     return {
         REFERENCE_KEY: job_id,
         "host": host_to_spec(host),
+        "aws_conn_id": aws_conn_id,
+        "region_name": region_name,
         "type": value_type,
         "message": (
             f"This task returned a {value_type}, which Airflow cannot store in XCom. The "
@@ -55,8 +66,10 @@ def resolve_meadow_results(value: Any) -> Any:
     """Replace Meadow result references in ``value`` (nested lists, tuples, dicts)."""
     if is_reference(value):
         job_id = value[REFERENCE_KEY]
+        host = host_from_spec(value["host"])
         try:
-            return wait_for_job_sync(job_id, host_from_spec(value["host"]))
+            with aws_scope(host, value.get("aws_conn_id"), value.get("region_name")):
+                return wait_for_job_sync(job_id, host)
         except JobNotFoundError:
             raise ValueError(
                 f"the {value.get('type')} kept by Meadow job {job_id} is gone: the host "

@@ -61,6 +61,11 @@ def test_operator_runs_on_ec2_with_credentials_from_a_connection(
         assert f"running on instance {instance}" in run.task_log(task_id)
     assert run.xcom[("waits_on_ec2", -1)] == run.xcom[("deferred_on_ec2", -1)]
 
+    # A result XCom cannot hold stays in the bucket; a plain task with no credentials of
+    # its own reads it through the connection the reference names.
+    assert run.xcom[("point_on_ec2", -1)]["aws_conn_id"] == "meadow_devcloud"
+    assert run.xcom[("plain_resolves", -1)] == 25, run.task_log("plain_resolves")
+
     # No connection, and nothing in the environment: refused before anything launches.
     assert run.states[("no_credentials", -1)] == "failed"
     assert "no AWS credentials found" in run.task_log("no_credentials")

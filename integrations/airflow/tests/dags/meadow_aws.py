@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import urllib.request
+from typing import Any
 
-from airflow.sdk import dag
-from meadow_airflow import MeadowOperator
+from airflow.sdk import dag, task
+from meadow_airflow import MeadowOperator, resolve_meadow_results
 
 from meadow_core import MEADOW_INTERPRETER, Deployment, Resources
 from meadow_core.aws.host import AllocEC2Instance
@@ -37,6 +38,18 @@ def instance_id() -> str:
     return found.decode()
 
 
+class Point:
+    """A plain class: Airflow's serde refuses it, so the result stays in the bucket."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x = x
+        self.y = y
+
+
+def make_point() -> Point:
+    return Point(3, 4)
+
+
 @dag(dag_id="meadow_aws", schedule=None)
 def meadow_aws() -> None:
     waits = MeadowOperator(
@@ -57,6 +70,23 @@ def meadow_aws() -> None:
         deferrable=True,
     )
     waits >> deferred
+    point = MeadowOperator(
+        task_id="point_on_ec2",
+        python_callable=make_point,
+        host=AllocEC2Instance(idle_timeout=30),
+        aws_conn_id="meadow_devcloud",
+        resources=SMALL,
+        deployment=ON_THE_AGENT,
+    )
+    deferred >> point
+
+    @task
+    def plain_resolves(value: Any) -> int:
+        """No connection here: the reference names the one the job ran under."""
+        p = resolve_meadow_results(value)
+        return int(p.x * p.x + p.y * p.y)
+
+    plain_resolves(point.output)
     MeadowOperator(
         task_id="no_credentials",
         python_callable=instance_id,
