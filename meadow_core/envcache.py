@@ -41,7 +41,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -491,11 +490,18 @@ def _upload(spec_key: str, store: ObjectStore, target: Path) -> None:
                 (target / _SHARED).touch()  # another machine (or an older Meadow) packed it
                 return
             started = time.monotonic()
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pack-") as scratch:
-                archive = Path(scratch) / "environment.tar"
+            # One scratch place per key, under its lock: what a killed packer left there
+            # is cleared by the next one instead of filling the disk.
+            scratch = target.parent / f".pack-{target.name}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            try:
+                archive = scratch / "environment.tar"
                 suffix = _pack(target, archive)
                 size = archive.stat().st_size
                 store.put_file(packed_key(spec_key, suffix), archive)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
             (target / _SHARED).touch()
             log.info(
                 "packed environment %s into the store (%.1f MB, %.2fs)",

@@ -113,7 +113,10 @@ class AllocEC2Instance(Host):
             session.environment_key(),
         )
         with _SHARED_LOCK:
-            return _SHARED.setdefault(key, {})
+            state = _SHARED.get(key)
+            if state is None:
+                state = session.remember(_SHARED, key, {})
+            return state
 
     # -- lazily made parts (none at construction: a host is cheap and picklable) --------
 
@@ -233,7 +236,10 @@ class AllocEC2Instance(Host):
             if now - known.get(key, -KNOWN_PRESENT_SECONDS) < KNOWN_PRESENT_SECONDS:
                 return
             if not store.exists(key):
-                store.put(key, data.read_bytes() if isinstance(data, Path) else data)
+                if isinstance(data, Path):
+                    store.put_file(key, data)  # in parts, never whole in memory
+                else:
+                    store.put(key, data)
             known[key] = now
 
         missing = [

@@ -36,6 +36,6 @@ class StoreMirror:
             self._key_locks.pop(key, None)
 
     def copy_up(self, key: str) -> None:
-        """Make a local object (a large result) present in S3."""
+        """Make a local object (a large result) present in S3, streamed from its file."""
         if not self.remote.exists(key):
-            self.remote.put(key, self.local.get(key))
+            self.remote.put_file(key, self.local.file_path(key))

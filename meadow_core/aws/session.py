@@ -100,10 +100,21 @@ def using(credentials: AwsCredentials | None) -> Iterator[None]:
 
 
 _lock = threading.Lock()
+#: Distinct credential sets kept per cache: a long-lived triggerer whose connection's
+#: session token rotates hourly would otherwise keep every old session and its clients.
+CACHED_IDENTITIES = 16
 _sessions: dict[tuple[Any, ...], boto3.session.Session] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
 _regions: dict[tuple[Any, ...], dict[str, str]] = {}
 _accounts: dict[tuple[Any, ...], str] = {}
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int = CACHED_IDENTITIES) -> Any:
+    """``cache[key] = value``, dropping the oldest entries beyond ``limit``; returns value."""
+    cache[key] = value
+    while len(cache) > limit:
+        del cache[next(iter(cache))]
+    return value
 
 
 def _env_key() -> tuple[Any, ...]:
@@ -133,7 +144,7 @@ def _session() -> boto3.session.Session:
                     region_name=explicit.region_name,
                     profile_name=explicit.profile_name,
                 )
-            _sessions[key] = session
+            remember(_sessions, key, session)
         return session
 
 
@@ -187,9 +198,9 @@ def client(service: str, region_name: str | None = None) -> Any:
         if made is None:
             explicit = _explicit.get()
             endpoint = explicit.endpoint_url if explicit is not None else None
-            made = _clients[key] = session.client(
-                service, region_name=region, endpoint_url=endpoint
-            )
+            made = session.client(service, region_name=region, endpoint_url=endpoint)
+            # A few services per region per identity.
+            remember(_clients, key, made, limit=CACHED_IDENTITIES * 8)
         return made
 
 
@@ -215,7 +226,7 @@ def account_id() -> str:
     except botocore.exceptions.ClientError as exc:
         raise (translate_auth_error(exc) or exc) from exc
     with _lock:
-        _accounts[key] = found
+        remember(_accounts, key, found)
     return found
 
 
@@ -235,7 +246,7 @@ def available_regions() -> dict[str, str]:
         r["RegionName"]: r.get("OptInStatus", "opt-in-not-required") for r in answer["Regions"]
     }
     with _lock:
-        _regions[key] = regions
+        remember(_regions, key, regions)
     return regions
 
 
