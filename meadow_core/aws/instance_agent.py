@@ -43,7 +43,7 @@ import boto3
 from meadow_core import protocol
 from meadow_core.agent.agent import MEMORY_BOUND_FRACTION
 from meadow_core.agent.capacity import DEFAULT_TASK_CPU
-from meadow_core.aws import transport
+from meadow_core.aws import metadata, transport
 from meadow_core.aws.mirror import StoreMirror
 from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore
@@ -57,7 +57,6 @@ from meadow_core.task_context import TASK_STORE_VARIABLE
 
 log = logging.getLogger("meadow.instance_agent")
 
-IMDS = os.environ.get("MEADOW_IMDS_URL", "http://169.254.169.254")
 #: A job whose work queue stayed empty this long (and nothing of it runs here) is left.
 JOB_DRAIN_SECONDS = 6.0
 HEARTBEAT_SECONDS = 5.0
@@ -68,29 +67,10 @@ MAX_DELIVERIES = 5
 #: the idle timeout, if shorter) has no caller watching; the instance settles it, and
 #: checks again this often while other instances still run some of its tasks.
 SETTLE_GRACE_SECONDS = 30.0
-
-
-def _imds(path: str, token: str | None = None) -> str | None:
-    """GET from the instance metadata service (IMDSv2); None on 404."""
-    headers = {"X-aws-ec2-metadata-token": token} if token else {}
-    request = urllib.request.Request(f"{IMDS}/latest/{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return str(response.read().decode())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
-def _imds_token() -> str:
-    request = urllib.request.Request(
-        f"{IMDS}/latest/api/token",
-        method="PUT",
-        headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
-    )
-    with urllib.request.urlopen(request, timeout=2) as response:
-        return str(response.read().decode())
+#: An instance that has not heartbeated for this long may have died holding tasks.
+SILENT_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+#: The longest an idle instance stays up for tasks held by silent instances.
+HOLD_LIMIT_SECONDS = 3 * transport.TASK_VISIBILITY_SECONDS
 
 
 def _background(coroutine: Any, what: str) -> asyncio.Task[Any]:
@@ -364,11 +344,12 @@ class InstanceAgent:
         self.archives: dict[str, str | None] = {}  # environment spec -> archive key
         self.cancelled: set[str] = set()
         self.drained: dict[str, float] = {}  # job id -> when this instance left it
+        self.holding: dict[str, float] = {}  # job id -> since when it keeps us up
         self.interrupted = False
         self.last_busy = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64)
-        self.token = _imds_token()
-        self.instance_id = _imds("meta-data/instance-id", self.token) or ""
+        self.token = metadata.token()
+        self.instance_id = metadata.get("meta-data/instance-id", self.token) or ""
         # The local agent schedules against the instance type's size, as the registry
         # allocated it (not against what the kernel reports, which may differ a little).
         record = self.registry.get(self.instance_id)
@@ -447,11 +428,14 @@ class InstanceAgent:
                 continue
             try:
                 result = await self.call(self.settle_job, job_id)
-                stranded = result == "waiting" and now is not None and not self.interrupted
-                if stranded and await self.call(self.rejoin_stranded, job_id):
-                    del self.drained[job_id]
-                    await self._reconcile()  # serves the allocation just taken
-                    continue
+                if result == "waiting" and now is not None and not self.interrupted:
+                    stranded = await self.call(self.stranded, job_id)
+                    if stranded == "rejoined":
+                        del self.drained[job_id]
+                        self.holding.pop(job_id, None)
+                        await self._reconcile()  # serves the allocation just taken
+                        continue
+                    self._hold(job_id, stranded == "holding")
             except Exception:
                 log.warning("could not settle job %s", job_id, exc_info=True)
                 result = "waiting"
@@ -459,6 +443,19 @@ class InstanceAgent:
                 self.drained[job_id] = now  # look again after another grace period
             else:
                 self.drained.pop(job_id, None)
+                self.holding.pop(job_id, None)
+
+    def _hold(self, job_id: str, holding: bool) -> None:
+        """Stay up (count as busy) while tasks of a job left here are held by silent
+        instances: they come back within the visibility timeout, and with no caller
+        this instance may be the only one left to run them. Bounded, in case SQS's
+        approximate counts lag."""
+        if not holding:
+            self.holding.pop(job_id, None)
+            return
+        since = self.holding.setdefault(job_id, time.monotonic())
+        if time.monotonic() - since < HOLD_LIMIT_SECONDS:
+            self.last_busy = time.monotonic()
 
     async def _settler(self) -> None:
         """Its own loop: reading a big job's outcomes must never delay a heartbeat."""
@@ -492,29 +489,42 @@ class InstanceAgent:
         self.queues.delete_queue(transport.result_queue_name(job_id))
         return "settled"
 
-    def rejoin_stranded(self, job_id: str) -> bool:
-        """Take one worker of a job this instance left whose tasks are back in its queue.
+    def stranded(self, job_id: str) -> str:
+        """What to do for a job this instance left whose tasks are not all final.
 
         A worker leaves a job after a few idle seconds, but a task held by an instance
         that died comes back only after its visibility timeout. A live caller allocates
         for it again; when the caller is gone too, nobody would, and the job would read
-        ``running`` forever. So the instance that left takes the job back itself."""
+        ``running`` forever. So: ``rejoined`` when tasks wait in the queue (one worker
+        taken here through the registry), ``holding`` when tasks are in flight and no
+        instance serving the job has heartbeated lately (they will come back), else
+        ``no`` (the instances running them are alive and finish them)."""
         url = self.queues.url(transport.job_queue_name(job_id))
         if url is None:
-            return False
-        waiting = self.sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-        )["Attributes"]["ApproximateNumberOfMessages"]
-        if int(waiting) == 0:
-            return False
+            return "no"
+        counts = self.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if int(counts["ApproximateNumberOfMessages"]) == 0:
+            if int(counts["ApproximateNumberOfMessagesNotVisible"]) == 0:
+                return "no"
+            now = time.time()
+            serving = [
+                r
+                for r in self.registry.list()
+                if job_id in r.allocations and r.instance_id != self.instance_id
+            ]
+            alive = any(now - r.last_heartbeat < SILENT_AFTER_SECONDS for r in serving)
+            return "no" if alive else "holding"
         spec = JobSpec.from_wire(protocol.unpack(self.remote.get(transport.spec_key(job_id))))
         per_worker = Resources.from_wire(dict(spec.resources))
         if per_worker.logical_cpu is None:  # what the caller books for such a worker
             per_worker = dataclasses.replace(per_worker, logical_cpu=DEFAULT_TASK_CPU)
-        taken = self.registry.try_allocate(self.instance_id, job_id, 1, per_worker)
-        if taken:
-            log.info("tasks of job %s came back to its queue: serving it again", job_id)
-        return taken
+        if not self.registry.try_allocate(self.instance_id, job_id, 1, per_worker):
+            return "no"
+        log.info("tasks of job %s came back to its queue: serving it again", job_id)
+        return "rejoined"
 
     async def _reconcile(self) -> None:
         """Serve exactly what the registry allocated here.
@@ -596,11 +606,11 @@ class InstanceAgent:
         while True:
             await asyncio.sleep(1)
             try:
-                notice = await self.call(_imds, "meta-data/spot/instance-action", self.token)
+                notice = await self.call(metadata.get, "meta-data/spot/instance-action", self.token)
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:  # the IMDSv2 token expired (6 h): take a new one
                     with contextlib.suppress(Exception):
-                        self.token = await self.call(_imds_token)
+                        self.token = await self.call(metadata.token)
                 continue
             except Exception:
                 continue
@@ -663,7 +673,7 @@ def main() -> None:
 
 def _terminate_self(region: str) -> None:
     try:
-        instance_id = _imds("meta-data/instance-id", _imds_token())
+        instance_id = metadata.get("meta-data/instance-id", metadata.token())
         if instance_id:
             ec2 = boto3.session.Session(region_name=region).client("ec2")
             ec2.terminate_instances(InstanceIds=[instance_id])

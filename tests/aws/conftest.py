@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,8 @@ import pytest
 
 from meadow_core.aws.devcloud import netns
 from meadow_core.aws.devcloud.moto import DEFAULT_REGION, MotoServer
-from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, check_host
+from meadow_core.aws.devcloud.simulator import DevCloud
+from tests.devcloud_guard import require_vm_host
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +40,6 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterato
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     yield env
-
-
-def require_vm_host() -> None:
-    """Simulated VMs need root and iproute2; in CI their absence is a failure, not a skip."""
-    try:
-        check_host()
-    except DevCloudError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must be able to run the dev cloud: {error}")
-        pytest.skip(str(error))
 
 
 @pytest.fixture

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import time
-import urllib.request
+
+from meadow_core.aws import metadata
 
 
 def instance_id() -> str:
-    """The id of the instance this runs on, from its metadata endpoint (IMDSv2)."""
-    token_request = urllib.request.Request(
-        "http://169.254.169.254/latest/api/token",
-        method="PUT",
-        headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-    )
-    with urllib.request.urlopen(token_request, timeout=2) as response:
-        token = response.read().decode()
-    request = urllib.request.Request(
-        "http://169.254.169.254/latest/meta-data/instance-id",
-        headers={"X-aws-ec2-metadata-token": token},
-    )
-    with urllib.request.urlopen(request, timeout=2) as response:
-        return str(response.read().decode())
+    """The id of the instance this runs on."""
+    found = metadata.instance_id()
+    assert found is not None, "not on an instance"
+    return found
 
 
 def six_version() -> tuple[str, str]:

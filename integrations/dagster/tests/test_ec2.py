@@ -3,7 +3,6 @@ dev cloud (moto plus simulated VMs), outputs through Meadow's bucket."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,9 @@ from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructa
 
 from meadow_core import get_job_sync
 from meadow_core.aws.devcloud.installed import installed_devcloud
-from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, check_host
+from meadow_core.aws.devcloud.simulator import DevCloud
 from meadow_core.aws.host import AllocEC2Instance
+from tests.devcloud_guard import require_vm_host
 
 pytestmark = pytest.mark.timeout(600)
 REGION = jobs.EC2_REGION
@@ -24,12 +24,7 @@ REGION = jobs.EC2_REGION
 @pytest.fixture(scope="module")
 def devcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCloud]:
     """The dev cloud with Meadow installed; boto3 points at it through the environment."""
-    try:
-        check_host()
-    except DevCloudError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must be able to run the dev cloud: {error}")
-        pytest.skip(str(error))
+    require_vm_host()
     state_dir = Path(tmp_path_factory.mktemp("devcloud"))
     with installed_devcloud(state_dir, REGION, shared_paths=(sys.prefix,)) as cloud:
         yield cloud

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
 from airflow.sdk import dag, task
 from meadow_airflow import MeadowOperator, resolve_meadow_results
 
 from meadow_core import MEADOW_INTERPRETER, Deployment, Resources
+from meadow_core.aws import metadata
 from meadow_core.aws.host import AllocEC2Instance
 
 REGION = "us-east-2"
@@ -18,36 +18,21 @@ ON_THE_AGENT = Deployment.preinstalled_interpreter(MEADOW_INTERPRETER)
 
 
 def instance_id() -> str:
-    """The id of the instance this runs on, from its metadata endpoint (IMDSv2)."""
-    token = urllib.request.urlopen(
-        urllib.request.Request(
-            "http://169.254.169.254/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        ),
-        timeout=2,
-    ).read()
-    found = urllib.request.urlopen(
-        urllib.request.Request(
-            "http://169.254.169.254/latest/meta-data/instance-id",
-            headers={"X-aws-ec2-metadata-token": token.decode()},
-        ),
-        timeout=2,
-    ).read()
-    print(f"running on instance {found.decode()}")
-    return found.decode()
+    """The id of the instance this runs on, said in the task's log too."""
+    found = metadata.instance_id() or "not on an instance"
+    print(f"running on instance {found}")
+    return found
 
 
-class Point:
+class Reading:
     """A plain class: Airflow's serde refuses it, so the result stays in the bucket."""
 
-    def __init__(self, x: int, y: int) -> None:
-        self.x = x
-        self.y = y
+    def __init__(self, celsius: float) -> None:
+        self.celsius = celsius
 
 
-def make_point() -> Point:
-    return Point(3, 4)
+def read_sensor() -> Reading:
+    return Reading(21.5)
 
 
 @dag(dag_id="meadow_aws", schedule=None)
@@ -70,23 +55,22 @@ def meadow_aws() -> None:
         deferrable=True,
     )
     waits >> deferred
-    point = MeadowOperator(
-        task_id="point_on_ec2",
-        python_callable=make_point,
+    reading = MeadowOperator(
+        task_id="reading_on_ec2",
+        python_callable=read_sensor,
         host=AllocEC2Instance(idle_timeout=30),
         aws_conn_id="meadow_devcloud",
         resources=SMALL,
         deployment=ON_THE_AGENT,
     )
-    deferred >> point
+    deferred >> reading
 
     @task
-    def plain_resolves(value: Any) -> int:
+    def plain_resolves(value: Any) -> float:
         """No connection here: the reference names the one the job ran under."""
-        p = resolve_meadow_results(value)
-        return int(p.x * p.x + p.y * p.y)
+        return float(resolve_meadow_results(value).celsius)
 
-    plain_resolves(point.output)
+    plain_resolves(reading.output)
     MeadowOperator(
         task_id="no_credentials",
         python_callable=instance_id,
