@@ -71,6 +71,9 @@ class _Worker:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+        # Functions whose bytes did not load (a module missing here, say): the agent
+        # sends the bytes once, so the tasks queued behind get the same error.
+        self.unloadable: OrderedDict[str, BaseException] = OrderedDict()
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(protocol.frame(message))
@@ -92,9 +95,17 @@ class _Worker:
             return self.functions[key]
         blob = message.get("function_bytes")
         if blob is None:
+            if key in self.unloadable:
+                raise self.unloadable[key]
             # The agent believed we had it cached; ask for it (cache was trimmed).
             raise LookupError(f"function {key} not cached")
-        function = cloudpickle.loads(blob)
+        try:
+            function = cloudpickle.loads(blob)
+        except BaseException as exc:
+            self.unloadable[key] = exc
+            while len(self.unloadable) > _FUNCTION_CACHE_SIZE:
+                self.unloadable.popitem(last=False)
+            raise
         self.functions[key] = function
         while len(self.functions) > _FUNCTION_CACHE_SIZE:
             self.functions.popitem(last=False)

@@ -17,6 +17,7 @@ from meadow_core import (
     InvalidRequestError,
     LocalHost,
     PipRequirementsFile,
+    RunMapTasksFailedException,
     TaskException,
     UvProjectPath,
     run_function_sync,
@@ -76,6 +77,34 @@ def test_a_module_outside_the_snapshot_is_not_importable(
     with pytest.raises(Exception, match="shipped_module_b"):
         run_function_sync("shipped_module_b.read_data", host, deployment=deployment)
     assert project.exists()
+
+
+def test_a_map_whose_module_is_missing_remotely_names_it_in_every_task(
+    host: LocalHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The function pickles by reference to a module the deployment does not ship:
+    every task (not only the first a worker loads) reports the missing module."""
+    project = tmp_path / "unshipped"
+    project.mkdir()
+    (project / "unshipped_module_c.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(project))
+    import unshipped_module_c
+
+    deployment = Deployment.mirror_local(include_sys_path=False)
+    with pytest.raises(RunMapTasksFailedException) as info:
+        run_map_sync(
+            unshipped_module_c.double,
+            list(range(4)),
+            host=host,
+            deployment=deployment,
+            num_concurrent_tasks=1,
+        )
+    failed = info.value.failed_tasks
+    assert [t.task_id for t in failed] == [0, 1, 2, 3]
+    for task in failed:
+        assert task.exception is not None
+        assert "ModuleNotFoundError" in task.exception[0], task.exception
+        assert "unshipped_module_c" in task.exception[1], task.exception
 
 
 def test_editing_one_file_uploads_about_one_file(tmp_path: Path) -> None:
