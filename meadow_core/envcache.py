@@ -258,7 +258,7 @@ def _requirements_file(spec: EnvironmentSpec, work: Path) -> Path:
     return work / "req.txt"
 
 
-_SAME_IN_NEIGHBOURS = ("python", "platform", "runtime", "meadow_core")
+_SAME_IN_NEIGHBOURS = ("python", "platform", "runtime")
 
 
 def _closest(cache_root: Path, wanted: dict[str, Any]) -> Path | None:
@@ -285,9 +285,10 @@ def _not_seeded(folder: str, names: list[str]) -> set[str]:
     return set(_MARKERS.intersection(names))
 
 
+@functools.cache
 def _meadow_core_digest() -> str:
-    """What the copy of meadow_core in an environment is; a neighbour with another
-    copy is not one to derive from."""
+    """What the copy of meadow_core in an environment is (an instance's agent bundle
+    carries the same files as its caller, so both compute the same digest)."""
     root = Path(meadow_core.__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
@@ -347,7 +348,7 @@ def _build(spec: EnvironmentSpec, target: Path, work: Path, cache_root: Path) ->
             # not install at all): runtime first, then the user's versions win.
             _install(target, None, runtime, {})
             _install(target, requirements, [], None)
-        _add_meadow_core(target)
+    _add_meadow_core(target)  # a neighbour's copy may be another Meadow's
     if pins is not None:
         (target / _BUILD_RECORD).write_text(json.dumps(record, sort_keys=True))
 
@@ -396,9 +397,25 @@ def _build_over_preinstalled(spec: EnvironmentSpec, target: Path) -> None:
 _ZSTD, _GZIP = ".tar.zst", ".tar.gz"
 
 
+def entry_name(spec_key: str) -> str:
+    """An environment's name in caches and the store: its spec's hash and the Meadow
+    runtime it carries. An environment holds a copy of ``meadow_core``, so after an
+    upgrade an old one would run an old worker beside a new agent; instead the new
+    runtime gets its own entry (derived from the old one when the pins are exact)."""
+    return f"{spec_key.rsplit('/', 1)[-1]}-{_meadow_core_digest()[:16]}"
+
+
 def packed_key(spec_key: str, suffix: str = _ZSTD) -> str:
     """Where an environment's archive is stored (``suffix`` names the format)."""
-    return f"envs/packed/{spec_key.rsplit('/', 1)[-1]}{suffix}"
+    return f"envs/packed/{entry_name(spec_key)}{suffix}"
+
+
+def packed_spec(archive_key: str) -> str | None:
+    """The spec an archive in the store was built from, whatever its runtime."""
+    if not archive_key.startswith("envs/packed/"):
+        return None
+    name = archive_key.rsplit("/", 1)[-1].split(".", 1)[0]
+    return f"envs/specs/{name.rsplit('-', 1)[0]}"
 
 
 @functools.cache
@@ -587,8 +604,7 @@ def ensure_environment(
     ``wait_for_upload`` (the default) this returns once it is stored, else it is packed
     in the background (``wait_for_uploads`` waits for it) and a task can start at once.
     """
-    key = spec_key.rsplit("/", 1)[-1]
-    target = cache_root / key
+    target = cache_root / entry_name(spec_key)
     python = str(target / "bin" / "python")
     try:  # a complete entry never changes: no lock needed to use it
         os.utime(target / _COMPLETE)  # for least-recently-used pruning
@@ -609,10 +625,35 @@ def ensure_environment(
     return python
 
 
+def keep_recent(cache_root: Path, keep: int) -> list[str]:
+    """Remove all but the ``keep`` most recently used complete entries (one in use by a
+    build or upload here is skipped); returns the names removed. For caches nobody
+    prunes by hand, like the copies a caller builds only to pack into a bucket."""
+    entries = sorted(
+        (p for p in cache_root.iterdir() if (p / _COMPLETE).exists()),
+        key=lambda p: (p / _COMPLETE).stat().st_mtime,
+        reverse=True,
+    )
+    removed = []
+    for path in entries[keep:]:
+        lock = filelock.FileLock(str(path) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        finally:
+            lock.release()
+            Path(str(path) + ".lock").unlink(missing_ok=True)
+    return removed
+
+
 def _make(spec_key: str, store: ObjectStore, cache_root: Path, target: Path) -> str | None:
     """Under the key's lock: put a complete entry at ``target`` (None), or name an
     interpreter that needs none."""
-    key = target.name
+    key = spec_key.rsplit("/", 1)[-1]
     # We hold the key's lock: an incomplete entry is from a build that was killed (as
     # are staging folders named after the key, from Meadow before staging slots).
     for leftover in cache_root.glob(f".staging-{key}-*"):

@@ -51,7 +51,7 @@ from meadow_core.aws.launch import (
 from meadow_core.aws.registry import InstanceRecord, InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore
 from meadow_core.aws.transport import Queues
-from meadow_core.envcache import ensure_environment, stored_archive
+from meadow_core.envcache import ensure_environment, entry_name, keep_recent, stored_archive
 from meadow_core.hosts.base import Host
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import Resources
@@ -74,6 +74,8 @@ _SHARED: dict[tuple[Any, ...], dict[str, Any]] = {}
 _SHARED_LOCK = threading.Lock()
 #: Where environments built on this machine for a bucket are cached.
 _ENV_CACHE = Path(platformdirs.user_cache_dir("meadow")) / "aws-envs"
+#: How many of them stay, most recently used first.
+KEEP_BUILT_ENVIRONMENTS = 8
 
 
 @dataclasses.dataclass
@@ -291,8 +293,12 @@ class AllocEC2Instance(Host):
     def _build_environment(self, spec_key: str) -> None:
         cache = _ENV_CACHE / self.store.bucket
         # The bucket lacks it (a new bucket, say): a local copy must be packed again.
-        (cache / spec_key.rsplit("/", 1)[-1] / ".shared").unlink(missing_ok=True)
+        (cache / entry_name(spec_key) / ".shared").unlink(missing_ok=True)
         ensure_environment(spec_key, self.store, cache, wait_for_upload=True)
+        # The copies here exist to pack into the bucket and to derive the next build from.
+        removed = keep_recent(cache, KEEP_BUILT_ENVIRONMENTS)
+        if removed:
+            log.debug("removed %d environments built here before: %s", len(removed), removed)
 
     # -- allocation ---------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ _BAD_CREDENTIAL_CODES = {
     "AuthFailure",
 }
 
+
 @dataclasses.dataclass(frozen=True)
 class AwsCredentials:
     """Who to be and where to talk to, given explicitly instead of by boto3's chain.

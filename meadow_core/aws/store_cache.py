@@ -29,7 +29,7 @@ from meadow_core.aws.registry import InstanceRegistry
 from meadow_core.aws.store import S3ObjectStore, StoredObjectInfo
 from meadow_core.aws.transport import spec_key
 from meadow_core.code_snapshot import CodeSnapshot
-from meadow_core.envcache import packed_key
+from meadow_core.envcache import packed_spec
 from meadow_core.protocol import TERMINAL_JOB_STATES, JobSpec
 
 #: Content-addressed prefixes in the bucket, and what they hold.
@@ -46,7 +46,6 @@ KINDS: dict[str, str] = {
 DEFAULT_OLDER_THAN_DAYS = 30.0
 #: Callers trust for ten minutes that an object they saw is still there.
 MIN_OLDER_THAN_SECONDS = 86400.0
-_ARCHIVE_SUFFIXES = (".tar.zst", ".tar.gz")
 
 
 def job_refs(spec: JobSpec, bundle_key: str | None = None) -> list[str]:
@@ -104,11 +103,10 @@ def _live_roots(registry: InstanceRegistry, store: S3ObjectStore, cutoff: float)
 
 
 def _expand(roots: Iterable[str], store: S3ObjectStore) -> set[str]:
-    """The roots plus the code objects their manifests name and their archives."""
+    """The roots plus the code objects their manifests name (``_is_live`` adds the
+    archives their environment specs name)."""
     live = set(roots)
     manifests = [k for k in live if k.startswith("code/manifests/")]
-    for key in [k for k in live if k.startswith("envs/specs/")]:
-        live.update(packed_key(key, suffix) for suffix in _ARCHIVE_SUFFIXES)
 
     def contents(key: str) -> list[str]:
         try:
@@ -120,6 +118,11 @@ def _expand(roots: Iterable[str], store: S3ObjectStore) -> set[str]:
         for keys in pool.map(contents, manifests):
             live.update(keys)
     return live
+
+
+def _is_live(key: str, live: set[str]) -> bool:
+    """In ``live``, or an archive (built by any Meadow runtime) of a spec in it."""
+    return key in live or packed_spec(key) in live
 
 
 def _classify(
@@ -139,7 +142,7 @@ def _classify(
     kept: list[StoredObjectInfo] = []
     unused: list[StoredObjectInfo] = []
     for info in objects:
-        if info.key in live or info.last_modified >= cutoff:
+        if _is_live(info.key, live) or info.last_modified >= cutoff:
             kept.append(info)
         else:
             unused.append(info)
@@ -192,12 +195,12 @@ def prune(
     kept, unused, recent_roots = _classify(store, registry, older_than, now)
     # Jobs recorded while we looked may use old objects: ask again, then delete.
     still = _expand(_live_roots(registry, store, now - older_than) | recent_roots, store)
-    doomed = [o for o in unused if o.key not in still]
+    doomed = [o for o in unused if not _is_live(o.key, still)]
     report = PruneReport(
         deleted=doomed,
         kept_objects=len(kept) + len(unused) - len(doomed),
         kept_bytes=sum(o.size_bytes for o in kept)
-        + sum(o.size_bytes for o in unused if o.key in still),
+        + sum(o.size_bytes for o in unused if _is_live(o.key, still)),
     )
     if not dry_run:
         # Specs and manifests before the archives and code they name: an interrupted

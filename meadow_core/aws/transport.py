@@ -65,9 +65,7 @@ def results_prefix(job_id: str) -> str:
     return f"results/{job_id}/outcomes/"
 
 
-def final_outcomes(
-    store: S3ObjectStore, job_id: str, at_least: int = 0
-) -> dict[int, TaskOutcome]:
+def final_outcomes(store: S3ObjectStore, job_id: str, at_least: int = 0) -> dict[int, TaskOutcome]:
     """Each task's final outcome as stored in S3 (tasks still retrying are absent).
 
     Only each task's latest attempt is read (keys sort by task, then attempt), and

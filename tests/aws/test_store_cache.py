@@ -62,9 +62,10 @@ def test_prune_keeps_what_recent_and_unfinished_jobs_use_and_deletes_the_rest(
         "functions/new",
         "functions/stuck",
         "envs/specs/old",
-        "envs/packed/old.tar.zst",
+        "envs/packed/old-0123456789abcdef.tar.zst",
         "envs/specs/new",
-        "envs/packed/new.tar.zst",
+        "envs/packed/new-0123456789abcdef.tar.zst",
+        "envs/packed/new-fedcba9876543210.tar.gz",  # built by another Meadow: kept too
         "bootstrap/old.tar.gz",
         "results/some-job/outcomes/00000000.0001",
     ):
@@ -103,7 +104,7 @@ def test_prune_keeps_what_recent_and_unfinished_jobs_use_and_deletes_the_rest(
         "functions/old",
         old_manifest,
         "envs/specs/old",
-        "envs/packed/old.tar.zst",
+        "envs/packed/old-0123456789abcdef.tar.zst",
         "bootstrap/old.tar.gz",
         *(old_files - new_files),  # a.py; shared.py is also the recent job's
     }
@@ -196,7 +197,5 @@ def test_the_cli_lists_and_prunes(installed: tuple[str, S3ObjectStore, InstanceR
 
 def test_the_cli_says_to_install_first(aws_env: dict[str, str]) -> None:
     session.reset()
-    result = CliRunner().invoke(
-        aws, ["cache", "list", "--region", aws_env["AWS_DEFAULT_REGION"]]
-    )
+    result = CliRunner().invoke(aws, ["cache", "list", "--region", aws_env["AWS_DEFAULT_REGION"]])
     assert result.exit_code != 0 and "meadow aws install" in result.output

@@ -30,6 +30,7 @@ from meadow_core import (
     PoetryProjectPath,
     PreinstalledInterpreter,
     UvProjectPath,
+    envcache,
     interpreters,
     run_function_sync,
 )
@@ -520,3 +521,43 @@ def test_staging_leftovers_are_not_mistaken_for_an_environment(tmp_path: Path) -
     python = ensure_environment(spec.key, store, tmp_path / "envs")
     assert not leftover.exists()
     assert Path(python).exists() and os.stat(python).st_mode & stat.S_IXUSR
+
+
+def test_an_environment_built_by_another_meadow_is_not_reused_as_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An environment carries a copy of meadow_core: after an upgrade (here: another
+    digest of it) the old entry and archive stay untouched, and the new runtime gets its
+    own, derived from the old one rather than built again from nothing."""
+    store = LocalObjectStore(tmp_path / "store")
+    spec = EnvironmentSpec("requirements", "six==1.16.0\n", None, PY, "linux-x86_64")
+    store.put(spec.key, spec.to_bytes())
+    old_python = ensure_environment(spec.key, store, tmp_path / "envs")
+    old_archive = envcache.stored_archive(spec.key, store)
+    assert old_archive is not None
+
+    monkeypatch.setattr(envcache, "_meadow_core_digest", lambda: "f" * 64)
+    assert envcache.stored_archive(spec.key, store) is None, "the old archive is not offered"
+    with caplog.at_level("INFO", logger="meadow.envcache"):
+        new_python = ensure_environment(spec.key, store, tmp_path / "envs")
+    assert new_python != old_python and Path(new_python).exists()
+    assert "derived the environment" in caplog.text
+    assert envcache.stored_archive(spec.key, store) not in (None, old_archive)
+    # Both archives belong to the spec (pruning keeps or drops them with it).
+    assert envcache.packed_spec(old_archive) == spec.key
+
+
+def test_keep_recent_removes_the_least_recently_used_environments(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "store")
+    names = []
+    for i, version in enumerate(("1.15.0", "1.16.0", "1.17.0")):
+        spec = EnvironmentSpec("requirements", f"six=={version}\n", None, PY, "linux-x86_64")
+        store.put(spec.key, spec.to_bytes())
+        python = ensure_environment(spec.key, store, tmp_path / "envs")
+        entry = Path(python).parent.parent
+        os.utime(entry / ".complete", (1000.0 + i, 1000.0 + i))
+        names.append(entry.name)
+    assert envcache.keep_recent(tmp_path / "envs", 2) == [names[0]]
+    left = sorted(p.name for p in (tmp_path / "envs").iterdir() if not p.name.startswith("."))
+    assert [n for n in left if not n.endswith(".lock")] == sorted(names[1:])
+    assert f"{names[0]}.lock" not in left
