@@ -433,7 +433,7 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     finally:
         caller.send_signal(signal.SIGKILL)
         caller.wait()
-    victim = serving()[0]
+    victim, survivor = serving()
     cloud.kill(victim)  # dies holding a task: it comes back to the queue, with no caller
     _ec2().terminate_instances(InstanceIds=[victim])
 
@@ -450,7 +450,9 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     assert not [url for url in queues.get("QueueUrls", []) if job_id in url]
     results = mc.wait_for_job_sync(job_id, host=_host())
     assert sorted(value for value, _ in results) == [x * x for x in range(6)]
-    assert victim not in {instance for _, instance in results}
+    # The victim may have finished a task before it died; the one it held when killed
+    # was run again, by the only instance left.
+    assert survivor in {instance for _, instance in results}
 
 
 def test_resources_larger_than_any_type_fail_before_any_launch(cloud: DevCloud) -> None:
