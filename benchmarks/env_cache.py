@@ -129,6 +129,7 @@ def main() -> int:
         # Imported after the environment is set: the builder's uv calls inherit it.
         from meadow_core.envcache import (
             ensure_environment,
+            entry_name,
             meadow_runtime_requirements,
             packed_key,
             wait_for_uploads,
@@ -202,7 +203,7 @@ def main() -> int:
         warm_s = warm(base / "machine-b")
         local_s = warm(base / "machine-a")
         _check_versions(
-            str(base / "machine-b" / spec.key.rsplit("/", 1)[-1] / "bin" / "python"), expected, env
+            str(base / "machine-b" / entry_name(spec.key) / "bin" / "python"), expected, env
         )
 
         started = time.perf_counter()
