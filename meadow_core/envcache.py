@@ -324,7 +324,6 @@ def _build(spec: EnvironmentSpec, target: Path, work: Path, cache_root: Path) ->
         "python": spec.python_version,
         "platform": spec.platform,
         "runtime": runtime,
-        "meadow_core": _meadow_core_digest() if pins is not None else None,
         "pins": pins,
     }
     seed = _closest(cache_root, record) if pins else None
