@@ -8,13 +8,13 @@ same resources, on two hosts:
 * ``LocalHost`` on a fresh temporary home: warm-up calls, then ``--calls`` timed calls;
   its agent is shut down afterwards.
 * ``AllocEC2Instance`` on the dev cloud this script starts (moto in server mode plus
-  simulated VMs, root only): ``meadow_core.aws.admin.install``, one cold call (it
+  simulated VMs, root only): ``meadow_core.clouds.aws.admin.install``, one cold call (it
   launches the instance, which boots from its user data), then warm calls that reuse it.
   At the end the installation is removed (its instance terminated) and the dev cloud
   and moto are stopped, also on failure.
 
 API calls are counted three ways: the caller's with a botocore ``before-call`` hook on
-the session ``meadow_core.aws.session`` makes its clients from; the simulator's own
+the session ``meadow_core.clouds.aws.session`` makes its clients from; the simulator's own
 ``describe_instances`` polling with the same hook on its clients; and every request
 moto served from its access log (one line per request). Instance-side calls are moto's
 count minus the other two. The instance agent polls even when idle (control queue long
@@ -57,18 +57,18 @@ if _REPO_ROOT not in sys.path:
 
 # The benchmarks' shared report helper (this folder is on sys.path when run as a script).
 from core_overhead import meadow_revision  # noqa: E402
-
-import meadow_core as mc  # noqa: E402
-from meadow_core.aws import admin, session  # noqa: E402
-from meadow_core.aws.devcloud import netns  # noqa: E402
-from meadow_core.aws.devcloud.moto import MotoServer  # noqa: E402
-from meadow_core.aws.devcloud.simulator import (  # noqa: E402
+from meadow_devcloud import netns  # noqa: E402
+from meadow_devcloud.moto import MotoServer  # noqa: E402
+from meadow_devcloud.simulator import (  # noqa: E402
     DevCloud,
     DevCloudError,
     check_host,
     prefix_for,
 )
-from meadow_core.aws.host import AllocEC2Instance  # noqa: E402
+
+import meadow_core as mc  # noqa: E402
+from meadow_core.clouds.aws import admin, session  # noqa: E402
+from meadow_core.clouds.aws.host import AllocEC2Instance  # noqa: E402
 from meadow_core.hosts.local import LocalHost  # noqa: E402
 
 REGION = "us-east-2"
@@ -262,7 +262,7 @@ def dev_cloud(work: Path, counter: ApiCounter) -> Iterator[tuple[DevCloud, MotoL
         os.environ.update({**cloud.env, "MEADOW_AWS_CATALOG": "snapshot"})
         session.reset()
         # Registered before any client exists: botocore copies a session's handlers into
-        # each client it makes, so every call meadow_core.aws makes here is counted.
+        # each client it makes, so every call meadow_core.clouds.aws makes here is counted.
         session._session().events.register("before-call", counter.hook("caller"))
         progress.print("... dev cloud: meadow aws install")
         admin.install(REGION)

@@ -34,7 +34,7 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from meadow_core.allocation.selection import Offer, eligible, select  # noqa: E402
-from meadow_core.aws.catalog import load_snapshot  # noqa: E402
+from meadow_core.clouds.aws.catalog import load_snapshot  # noqa: E402
 from meadow_core.resources import Resources  # noqa: E402
 
 TARGET_MS = 50.0

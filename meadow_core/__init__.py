@@ -125,7 +125,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     """Cloud hosts import their SDK only when used (``pip install meadow[aws]``)."""
     if name == "AllocEC2Instance":
-        from meadow_core.aws.host import AllocEC2Instance
+        from meadow_core.clouds.aws.host import AllocEC2Instance
 
         return AllocEC2Instance
     raise AttributeError(f"module 'meadow_core' has no attribute {name!r}")

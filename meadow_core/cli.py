@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ def _host(ctx: click.Context) -> Host:
     host: Host | None = ctx.obj.get("ec2_host")
     if host is None:
         try:
-            from meadow_core.aws.host import AllocEC2Instance
+            from meadow_core.clouds.aws.host import AllocEC2Instance
         except ImportError as exc:
             message = f"--ec2 needs boto3 ({exc}): pip install 'meadow[aws]'"
             raise click.UsageError(message) from None
@@ -491,11 +492,11 @@ def agent_stop_cmd(ctx: click.Context) -> None:
 
 
 def _add_cloud_commands() -> None:
-    """``meadow aws ...`` (with ``meadow aws devcloud ...``) when boto3 is installed;
-    otherwise a command that says how to get it."""
+    """``meadow aws ...`` when boto3 is installed (plus what installed distributions
+    add under the ``meadow.aws_commands`` entry point, such as ``meadow aws devcloud``
+    from meadow-devcloud); otherwise a command that says how to get it."""
     try:
-        from meadow_core.aws.cli import aws
-        from meadow_core.aws.devcloud.cli import devcloud
+        from meadow_core.clouds.aws.cli import aws
     except ImportError as exc:
         missing = str(exc)
 
@@ -506,7 +507,8 @@ def _add_cloud_commands() -> None:
             raise click.ClickException(f"{missing}: install it with `pip install meadow[aws]`")
 
         return
-    aws.add_command(devcloud)
+    for entry in importlib.metadata.entry_points(group="meadow.aws_commands"):
+        aws.add_command(entry.load(), entry.name)
     cli.add_command(aws)
 
 

@@ -56,8 +56,8 @@ def open_store(location: str) -> ObjectStore:
                 "current_task().store on EC2 is Meadow's S3 bucket and needs boto3 in the "
                 "task's environment: add boto3 to the deployment's requirements"
             ) from None
-        from meadow_core.aws import session
-        from meadow_core.aws.store import S3ObjectStore
+        from meadow_core.clouds.aws import session
+        from meadow_core.clouds.aws.store import S3ObjectStore
 
         parsed = urllib.parse.urlsplit(location)
         region = urllib.parse.parse_qs(parsed.query).get("region", [None])[0]

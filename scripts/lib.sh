@@ -73,7 +73,7 @@ make_venv() {
 ensure_core_venv() {
     ensure_uv
     make_venv "$ROOT/.venv"
-    (cd "$ROOT" && uv pip install --quiet --python .venv/bin/python -e ".[dev]")
+    (cd "$ROOT" && uv pip install --quiet --python .venv/bin/python -e ".[dev]" -e ./devcloud)
 }
 
 # apt_ensure PKG...: install the Debian packages whose commands are missing

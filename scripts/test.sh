@@ -233,7 +233,7 @@ install_orch() {
     ensure_uv
     make_venv "$venv"
     cd "$ROOT"
-    local -a base=(uv pip install --quiet --python "$venv/bin/python" -e ".[$extras]" "${ORCH_TEST_DEPS[@]}" "${more[@]}")
+    local -a base=(uv pip install --quiet --python "$venv/bin/python" -e ".[$extras]" -e ./devcloud "${ORCH_TEST_DEPS[@]}" "${more[@]}")
     local how="pinned"
     if ! "${base[@]}" "${extra[@]}" "$pin"; then
         [[ -n "$fallback" ]] || return 1

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from meadow_devcloud import netns
+from meadow_devcloud.moto import DEFAULT_REGION, MotoServer
+from meadow_devcloud.simulator import DevCloud
 
-from meadow_core.aws.devcloud import netns
-from meadow_core.aws.devcloud.moto import DEFAULT_REGION, MotoServer
-from meadow_core.aws.devcloud.simulator import DevCloud
 from tests.devcloud_guard import require_vm_host
 
 

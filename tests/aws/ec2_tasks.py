@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from meadow_core.aws import metadata
+from meadow_core.clouds.aws import metadata
 
 
 def instance_id() -> str:

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from meadow_core.aws import admin, names, session
-from meadow_core.aws.cli import aws
-from meadow_core.aws.registry import TERMINATING, InstanceRecord, InstanceRegistry
-from meadow_core.aws.store import S3ObjectStore
+from meadow_core.clouds.aws import admin, names, session
+from meadow_core.clouds.aws.cli import aws
+from meadow_core.clouds.aws.registry import TERMINATING, InstanceRecord, InstanceRegistry
+from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.errors import InvalidRequestError
 from meadow_core.resources import Resources
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from meadow_core.allocation.selection import select
-from meadow_core.aws import session
-from meadow_core.aws.catalog import (
+from meadow_core.clouds.aws import session
+from meadow_core.clouds.aws.catalog import (
     ENV_SOURCE,
     CatalogData,
     Ec2Catalog,

@@ -21,9 +21,8 @@ from typing import Any
 import boto3
 import psutil
 import pytest
-
-from meadow_core.aws.devcloud import netns, procs
-from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError, cleanup
+from meadow_devcloud import netns, procs
+from meadow_devcloud.simulator import DevCloud, DevCloudError, cleanup
 
 PYTHON = sys.executable  # has boto3; the VMs see the host's Python read-only
 TAGS = [{"ResourceType": "instance", "Tags": [{"Key": "meadow:managed", "Value": "true"}]}]
@@ -378,7 +377,7 @@ def own_state_dir(vm_host: None, tmp_path: Path) -> Iterator[Path]:
 
 def cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "meadow_core.aws.devcloud", *args, "--state-dir", str(state_dir)],
+        [PYTHON, "-m", "meadow_devcloud", *args, "--state-dir", str(state_dir)],
         capture_output=True,
         text=True,
         timeout=90,

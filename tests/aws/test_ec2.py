@@ -21,12 +21,12 @@ from typing import Any
 
 import boto3
 import pytest
+from meadow_devcloud.simulator import DevCloud
 
 import meadow_core as mc
-from meadow_core.aws import admin, names, session
-from meadow_core.aws.devcloud.simulator import DevCloud
-from meadow_core.aws.host import AllocEC2Instance
-from meadow_core.aws.registry import InstanceRegistry
+from meadow_core.clouds.aws import admin, names, session
+from meadow_core.clouds.aws.host import AllocEC2Instance
+from meadow_core.clouds.aws.registry import InstanceRegistry
 from meadow_core.errors import UnsatisfiableResourcesError
 from tests.aws import ec2_tasks
 
@@ -393,7 +393,7 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
             import asyncio, sys
             sys.path.insert(0, {str(HERE.parent.parent)!r})
             import meadow_core as mc
-            from meadow_core.aws.host import AllocEC2Instance
+            from meadow_core.clouds.aws.host import AllocEC2Instance
             from tests.aws import ec2_tasks
             deployment = asyncio.run(mc.Deployment.mirror_local(
                 interpreter=mc.PipRequirementsFile({str(tmp_path / "r.txt")!r}),

@@ -10,8 +10,8 @@ import pytest
 
 import meadow_core as mc
 from meadow_core import api
-from meadow_core.aws import session
-from meadow_core.aws.host import AllocEC2Instance
+from meadow_core.clouds.aws import session
+from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.aws import ec2_tasks
 
 REGION = "us-east-2"
@@ -74,7 +74,7 @@ def test_missing_credentials_fail_before_anything(
 def test_a_capacity_error_launches_the_next_choice(aws_env: dict[str, str]) -> None:
     """moto never runs out of capacity, so the error is injected at the client boundary
     (botocore's own event hook); the launch must go on with another instance type."""
-    from meadow_core.aws import admin
+    from meadow_core.clouds.aws import admin
 
     admin.install(REGION, publish_bundle=False)
     refused: list[str] = []

@@ -13,9 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
-from meadow_core.aws.mirror import StoreMirror
-from meadow_core.aws.session import AwsConfigurationError
-from meadow_core.aws.store import ObjectNotFoundError, S3ObjectStore
+from meadow_core.clouds.aws.mirror import StoreMirror
+from meadow_core.clouds.aws.session import AwsConfigurationError
+from meadow_core.clouds.aws.store import ObjectNotFoundError, S3ObjectStore
 from meadow_core.transport.local import LocalObjectStore
 
 

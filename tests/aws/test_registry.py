@@ -18,8 +18,8 @@ import boto3
 import pytest
 
 from meadow_core.allocation.selection import Offer
-from meadow_core.aws import names, session
-from meadow_core.aws.registry import (
+from meadow_core.clouds.aws import names, session
+from meadow_core.clouds.aws.registry import (
     RUNNING,
     TERMINATING,
     InstanceRecord,

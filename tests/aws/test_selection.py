@@ -12,7 +12,7 @@ from meadow_core.allocation.selection import (
     eligible,
     select,
 )
-from meadow_core.aws.catalog import load_snapshot
+from meadow_core.clouds.aws.catalog import load_snapshot
 from meadow_core.errors import UnsatisfiableResourcesError
 from meadow_core.resources import Resources
 

@@ -8,8 +8,8 @@ import urllib.request
 import boto3
 import pytest
 
-from meadow_core.aws import session, store
-from meadow_core.aws.store import S3ObjectStore
+from meadow_core.clouds.aws import session, store
+from meadow_core.clouds.aws.store import S3ObjectStore
 
 BUCKET = "meadow-test-store"
 

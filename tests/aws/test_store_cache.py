@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from meadow_core import code_snapshot, protocol
-from meadow_core.aws import admin, session, store_cache, transport
-from meadow_core.aws.cli import aws
-from meadow_core.aws.registry import InstanceRegistry
-from meadow_core.aws.store import S3ObjectStore
+from meadow_core.clouds.aws import admin, session, store_cache, transport
+from meadow_core.clouds.aws.cli import aws
+from meadow_core.clouds.aws.registry import InstanceRegistry
+from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.protocol import Environment, JobSpec
 
 DAY = 86400.0

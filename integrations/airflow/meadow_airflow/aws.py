@@ -4,12 +4,12 @@ Airflow users keep credentials in connections, not in the worker's environment. 
 ``aws_conn_id`` is read the way the Amazon provider reads it (login: access key id,
 password: secret access key; extra: ``region_name``, ``endpoint_url``,
 ``aws_session_token``, ``profile_name``) and applied with
-``meadow_core.aws.session.using``, a context variable: other tasks in the same worker
+``meadow_core.clouds.aws.session.using``, a context variable: other tasks in the same worker
 process or triggerer keep their own credentials. Fields the connection leaves out fall
 back to boto3's chain. Nothing secret is ever put into trigger kwargs or XCom: the
 trigger gets the connection id and reads the connection itself.
 
-``meadow_core.aws`` (and so boto3) is imported only when the host is an AWS host.
+``meadow_core.clouds.aws`` (and so boto3) is imported only when the host is an AWS host.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ class AwsConnectionError(ValueError):
 
 
 def is_aws_host(host: Host) -> bool:
-    module = sys.modules.get("meadow_core.aws.host")  # imported if such a host exists
+    module = sys.modules.get("meadow_core.clouds.aws.host")  # imported if such a host exists
     return module is not None and isinstance(host, module.AllocEC2Instance)
 
 
 def credentials_from(conn: Any, conn_id: str | None, region_name: str | None) -> Any:
     """``AwsCredentials`` from a connection (``None``: region only) and a region."""
-    from meadow_core.aws.session import AwsCredentials
+    from meadow_core.clouds.aws.session import AwsCredentials
 
     extra: dict[str, Any] = dict(conn.extra_dejson) if conn is not None else {}
     for key, what in _UNSUPPORTED.items():
@@ -73,7 +73,7 @@ def aws_scope(host: Host, conn_id: str | None, region_name: str | None) -> Itera
     if not _applies(host, conn_id, region_name):
         yield
         return
-    from meadow_core.aws import session
+    from meadow_core.clouds.aws import session
 
     conn = BaseHook.get_connection(conn_id) if conn_id is not None else None
     with session.using(credentials_from(conn, conn_id, region_name)):
@@ -94,6 +94,6 @@ def using(credentials: Any | None) -> contextlib.AbstractContextManager[None]:
     """``session.using(credentials)``, or nothing for ``None`` (boto3 is not imported)."""
     if credentials is None:
         return contextlib.nullcontext()
-    from meadow_core.aws import session
+    from meadow_core.clouds.aws import session
 
     return session.using(credentials)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import load_dag, run_dag
+from meadow_devcloud.installed import credentials, installed_devcloud
+from meadow_devcloud.simulator import DevCloud
 
-from meadow_core.aws.devcloud.installed import credentials, installed_devcloud
-from meadow_core.aws.devcloud.simulator import DevCloud
 from tests.devcloud_guard import require_vm_host
 
 REGION = "us-east-2"

@@ -71,7 +71,7 @@ def _host_from_config(config: Mapping[str, Any]) -> Host:
     """The host named by the executor's ``host`` selector: ``local`` or ``ec2``."""
     if "ec2" in config:
         try:
-            from meadow_core.aws.host import AllocEC2Instance
+            from meadow_core.clouds.aws.host import AllocEC2Instance
         except ImportError as exc:
             raise MeadowDagsterConfigError(
                 f"meadow_executor host 'ec2' needs boto3 ({exc}): pip install 'meadow[aws]'"

@@ -51,7 +51,7 @@ def object_store(home: str | None, ec2_region: str | None = None) -> _Store:
         if store is not None:
             return _Store(store)
     if ec2_region is not None:
-        from meadow_core.aws.host import AllocEC2Instance
+        from meadow_core.clouds.aws.host import AllocEC2Instance
 
         return _Store(AllocEC2Instance(region_name=ec2_region).store)
     # LocalHost's store is a directory under its home; reaching it needs no agent.

@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster_jobs as jobs
 import pytest
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
+from meadow_devcloud.installed import installed_devcloud
+from meadow_devcloud.simulator import DevCloud
 
 from meadow_core import get_job_sync
-from meadow_core.aws.devcloud.installed import installed_devcloud
-from meadow_core.aws.devcloud.simulator import DevCloud
-from meadow_core.aws.host import AllocEC2Instance
+from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.devcloud_guard import require_vm_host
 
 pytestmark = pytest.mark.timeout(600)

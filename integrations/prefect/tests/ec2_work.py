@@ -3,7 +3,7 @@ instance needs only this module, ``meadow_prefect`` and a small environment."""
 
 from __future__ import annotations
 
-from meadow_core.aws import metadata
+from meadow_core.clouds.aws import metadata
 
 
 def instance_id() -> str:

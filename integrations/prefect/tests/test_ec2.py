@@ -12,14 +12,14 @@ import ec2_work
 import meadow_prefect
 import pytest
 from conftest import logs_of, task_runs
+from meadow_devcloud.installed import installed_devcloud
+from meadow_devcloud.simulator import DevCloud
 from meadow_prefect import MeadowTaskRunner
 from prefect import flow, task
 from prefect.client.orchestration import SyncPrefectClient
 
 from meadow_core import Deployment, PipRequirementsFile, Resources
-from meadow_core.aws.devcloud.installed import installed_devcloud
-from meadow_core.aws.devcloud.simulator import DevCloud
-from meadow_core.aws.host import AllocEC2Instance
+from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.devcloud_guard import require_vm_host
 
 pytestmark = pytest.mark.timeout(600)

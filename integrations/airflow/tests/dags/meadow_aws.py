@@ -8,8 +8,8 @@ from airflow.sdk import dag, task
 from meadow_airflow import MeadowOperator, resolve_meadow_results
 
 from meadow_core import MEADOW_INTERPRETER, Deployment, Resources
-from meadow_core.aws import metadata
-from meadow_core.aws.host import AllocEC2Instance
+from meadow_core.clouds.aws import metadata
+from meadow_core.clouds.aws.host import AllocEC2Instance
 
 REGION = "us-east-2"
 SMALL = Resources(logical_cpu=1, memory_gb=1, max_eviction_rate=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from meadow_core.aws.store import S3ObjectStore
+from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.transport.local import LocalObjectStore
 
 

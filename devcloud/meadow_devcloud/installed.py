@@ -14,10 +14,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from meadow_core.aws import admin, session
-from meadow_core.aws.devcloud import netns
-from meadow_core.aws.devcloud.moto import DEFAULT_REGION
-from meadow_core.aws.devcloud.simulator import DevCloud, DevCloudError
+from meadow_core.clouds.aws import admin, session
+from meadow_devcloud import netns
+from meadow_devcloud.moto import DEFAULT_REGION
+from meadow_devcloud.simulator import DevCloud, DevCloudError
 
 
 def credentials(cloud: DevCloud, region: str = DEFAULT_REGION) -> session.AwsCredentials:

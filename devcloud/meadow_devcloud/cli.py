@@ -18,9 +18,9 @@ from pathlib import Path
 import click
 import platformdirs
 
-from meadow_core.aws.devcloud import procs
-from meadow_core.aws.devcloud.moto import DEFAULT_REGION
-from meadow_core.aws.devcloud.simulator import (
+from meadow_devcloud import procs
+from meadow_devcloud.moto import DEFAULT_REGION
+from meadow_devcloud.simulator import (
     DevCloud,
     DevCloudError,
     announce_interruption,
@@ -79,7 +79,7 @@ def start(
     if state is None:
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "devcloud.json").unlink(missing_ok=True)
-        command = [sys.executable, "-m", "meadow_core.aws.devcloud", "run"]
+        command = [sys.executable, "-m", "meadow_devcloud", "run"]
         command += ["--state-dir", str(state_dir), "--port", str(port)]
         for region in regions:
             command += ["--region", region]

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meadow_core.aws.devcloud import netns, procs
-from meadow_core.aws.devcloud.bridge import Bridge
-from meadow_core.aws.devcloud.imds import Identity, Imds, interruption_notice
-from meadow_core.aws.devcloud.moto import DEFAULT_REGION, MotoServer, client_env
+from meadow_devcloud import netns, procs
+from meadow_devcloud.bridge import Bridge
+from meadow_devcloud.imds import Identity, Imds, interruption_notice
+from meadow_devcloud.moto import DEFAULT_REGION, MotoServer, client_env
 
 log = logging.getLogger(__name__)
 

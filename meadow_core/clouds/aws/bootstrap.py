@@ -4,7 +4,7 @@ No custom machine image is needed: the bundle (``meadow_core`` itself plus its r
 dependencies, built for the instance's Python and platform by ``uv pip install
 --target``) is uploaded once per content hash to the bucket, and the user data of every
 instance downloads it through a presigned URL, unpacks it and starts
-``python3 -m meadow_core.aws.instance_agent``. The URL is all the script needs, so the
+``python3 -m meadow_core.clouds.aws.instance_agent``. The URL is all the script needs, so the
 instance needs no tool (curl, awscli) beyond ``python3``.
 """
 
@@ -60,7 +60,7 @@ def _pins() -> list[str]:
 
 
 def _package_files() -> list[Path]:
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parents[2]
     return sorted(
         p
         for p in package.rglob("*")
@@ -75,7 +75,7 @@ def bundle_key() -> str:
     digest = hashlib.sha256()
     digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
     digest.update("\n".join(_pins()).encode())
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parents[2]
     for path in _package_files():
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
@@ -111,7 +111,7 @@ def build_bundle() -> tuple[str, Path]:
                 check=True,
                 capture_output=True,
             )
-            package = Path(__file__).resolve().parents[1]
+            package = Path(__file__).resolve().parents[2]
             partial = Path(tmp) / "bundle.tar.gz"
             with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
                 tar.add(lib, arcname="lib")
@@ -167,7 +167,7 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != {version_tuple})';
     uv python install {version}
     PYTHON="$(uv python find {version})"
 fi
-setsid nohup "$PYTHON" -m meadow_core.aws.instance_agent {arguments} \\
+setsid nohup "$PYTHON" -m meadow_core.clouds.aws.instance_agent {arguments} \\
     >>{AGENT_HOME}/instance-agent.log 2>&1 </dev/null &
 echo "meadow agent started"
 """

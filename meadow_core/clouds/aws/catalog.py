@@ -30,7 +30,7 @@ import botocore.exceptions
 import platformdirs
 
 from meadow_core.allocation.selection import Offer, largest_description
-from meadow_core.aws import session
+from meadow_core.clouds.aws import session
 from meadow_core.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class CatalogData:
 
 def load_snapshot() -> CatalogData:
     """The snapshot shipped in the package (see ``data/README.md``)."""
-    path = importlib_resources.files("meadow_core.aws") / "data" / SNAPSHOT_FILE
+    path = importlib_resources.files("meadow_core.clouds.aws") / "data" / SNAPSHOT_FILE
     return CatalogData.from_json(path.read_text())
 
 

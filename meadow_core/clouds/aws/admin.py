@@ -18,14 +18,14 @@ from typing import Any
 
 import botocore.exceptions
 
-from meadow_core.aws import names, session, store_cache
-from meadow_core.aws.registry import (
+from meadow_core.clouds.aws import names, session, store_cache
+from meadow_core.clouds.aws.registry import (
     TERMINATING,
     InstanceRecord,
     InstanceRegistry,
     create_table,
 )
-from meadow_core.aws.store import S3ObjectStore
+from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.protocol import TERMINAL_JOB_STATES
 
 log = logging.getLogger(__name__)
@@ -336,11 +336,13 @@ def _install_security_group(region_name: str, report: Report) -> None:
 def _publish_bundle(store: S3ObjectStore, report: Report) -> None:
     """Upload the agent bundle instances boot from (the lead's hook, if present)."""
     try:
-        bootstrap = importlib.import_module("meadow_core.aws.bootstrap")
+        bootstrap = importlib.import_module("meadow_core.clouds.aws.bootstrap")
     except ModuleNotFoundError as exc:
-        if exc.name != "meadow_core.aws.bootstrap":
+        if exc.name != "meadow_core.clouds.aws.bootstrap":
             raise
-        report.notes.append("no agent bundle published (meadow_core.aws.bootstrap is missing)")
+        report.notes.append(
+            "no agent bundle published (meadow_core.clouds.aws.bootstrap is missing)"
+        )
         return
     key = bootstrap.publish(store)
     report.done.append(f"published the agent bundle to {store.location(str(key))}")

@@ -1,6 +1,6 @@
 """Rebuild ``ec2-us-east-2-2022-11.json`` from Meadowrun's 2022 price test snapshot.
 
-Usage: python meadow_core/aws/data/convert_meadowrun_2022.py SOURCE.json
+Usage: python meadow_core/clouds/aws/data/convert_meadowrun_2022.py SOURCE.json
 (SOURCE: the ``aws-ec2-prices-us-east-2.json`` Meadowrun published.)
 """
 
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from meadow_core.aws.catalog import EVICTION_BANDS, CatalogData, InstanceType, band_rate
+from meadow_core.clouds.aws.catalog import EVICTION_BANDS, CatalogData, InstanceType, band_rate
 
 _AVX = {1: ("avx",), 2: ("avx", "avx2"), 3: ("avx", "avx2", "avx512")}
 _RENAME = {"amd_cpu": "amd"}

@@ -25,9 +25,9 @@ import time
 from collections.abc import Iterable
 
 from meadow_core import protocol
-from meadow_core.aws.registry import InstanceRegistry
-from meadow_core.aws.store import S3ObjectStore, StoredObjectInfo
-from meadow_core.aws.transport import spec_key
+from meadow_core.clouds.aws.registry import InstanceRegistry
+from meadow_core.clouds.aws.store import S3ObjectStore, StoredObjectInfo
+from meadow_core.clouds.aws.transport import spec_key
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import packed_spec
 from meadow_core.protocol import TERMINAL_JOB_STATES, JobSpec

@@ -26,7 +26,7 @@ import botocore.exceptions
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from meadow_core.allocation.selection import Offer, WarmInstance
-from meadow_core.aws import names
+from meadow_core.clouds.aws import names
 from meadow_core.protocol import JOB_QUEUED, JOB_RUNNING, JobRecord
 from meadow_core.resources import Resources
 

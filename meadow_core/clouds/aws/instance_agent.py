@@ -43,11 +43,11 @@ import boto3
 from meadow_core import protocol
 from meadow_core.agent.agent import MEMORY_BOUND_FRACTION
 from meadow_core.agent.capacity import DEFAULT_TASK_CPU
-from meadow_core.aws import metadata, transport
-from meadow_core.aws.mirror import StoreMirror
-from meadow_core.aws.registry import InstanceRegistry
-from meadow_core.aws.store import S3ObjectStore
-from meadow_core.aws.transport import Queues
+from meadow_core.clouds.aws import metadata, transport
+from meadow_core.clouds.aws.mirror import StoreMirror
+from meadow_core.clouds.aws.registry import InstanceRegistry
+from meadow_core.clouds.aws.store import S3ObjectStore
+from meadow_core.clouds.aws.transport import Queues
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import stored_archive
 from meadow_core.hosts.local import LocalHost

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meadow_core import protocol
-from meadow_core.aws import names
-from meadow_core.aws.store import S3ObjectStore
+from meadow_core.clouds.aws import names
+from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.protocol import TaskMessage, TaskOutcome
 
 #: How long a received task stays hidden; the instance extends it while the task runs.

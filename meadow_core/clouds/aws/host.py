@@ -38,9 +38,9 @@ from meadow_core.allocation.selection import (
     check_satisfiable,
     select,
 )
-from meadow_core.aws import bootstrap, names, session, store_cache, transport
-from meadow_core.aws.catalog import Ec2Catalog
-from meadow_core.aws.launch import (
+from meadow_core.clouds.aws import bootstrap, names, session, store_cache, transport
+from meadow_core.clouds.aws.catalog import Ec2Catalog
+from meadow_core.clouds.aws.launch import (
     LaunchError,
     LaunchRequest,
     LaunchSettings,
@@ -48,9 +48,9 @@ from meadow_core.aws.launch import (
     is_capacity_error,
     launch,
 )
-from meadow_core.aws.registry import InstanceRecord, InstanceRegistry
-from meadow_core.aws.store import S3ObjectStore
-from meadow_core.aws.transport import Queues
+from meadow_core.clouds.aws.registry import InstanceRecord, InstanceRegistry
+from meadow_core.clouds.aws.store import S3ObjectStore
+from meadow_core.clouds.aws.transport import Queues
 from meadow_core.envcache import ensure_environment, entry_name, keep_recent, stored_archive
 from meadow_core.hosts.base import Host
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome

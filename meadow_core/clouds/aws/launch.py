@@ -14,7 +14,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from meadow_core.aws import names
+from meadow_core.clouds.aws import names
 
 log = logging.getLogger("meadow.aws.launch")
 

@@ -13,18 +13,18 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from meadow_core.aws import names
+from meadow_core.clouds.aws import names
 from meadow_core.errors import MeadowError
 
 if TYPE_CHECKING:
-    from meadow_core.aws import admin
+    from meadow_core.clouds.aws import admin
 
 _console = Console()
 
 
 def _admin() -> Any:
     try:
-        from meadow_core.aws import admin
+        from meadow_core.clouds.aws import admin
     except ImportError as exc:
         raise click.ClickException(
             f"`meadow aws` needs boto3 ({exc}): pip install 'meadow[aws]'"

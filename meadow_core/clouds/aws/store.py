@@ -16,7 +16,7 @@ import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from meadow_core.aws.session import AwsConfigurationError
+from meadow_core.clouds.aws.session import AwsConfigurationError
 from meadow_core.transport.base import ObjectStore
 
 #: Objects larger than this go up in parallel parts (TransferManager).
