@@ -54,7 +54,6 @@ from meadow_core.errors import InvalidRequestError
 from meadow_core.interpreters import MEADOW_INTERPRETER, EnvironmentSpec
 from meadow_core.interpreters import uv_binary as _uv_on_caller
 from meadow_core.transport.base import ObjectStore
-from meadow_core.transport.local import LocalObjectStore
 
 log = logging.getLogger("meadow.envcache")
 
@@ -676,7 +675,7 @@ def _make(spec_key: str, store: ObjectStore, cache_root: Path, target: Path) -> 
             (venv / _SHARED).touch()
         elif archive is not None:
             log.info("unpacking environment %s from the store", key)
-            local_file = store.file_path(archive) if isinstance(store, LocalObjectStore) else None
+            local_file = store.local_path(archive)
             _unpack(archive[archive.index(".tar") :], local_file or store.get(archive), venv)
             (venv / _SHARED).touch()
         else:

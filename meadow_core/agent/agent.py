@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 import meadow_core
-from meadow_core import protocol
+from meadow_core import protocol, retries
 from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
 from meadow_core.agent.processes import (
     MemorySampler,
@@ -54,9 +54,6 @@ FLUSH_INTERVAL = 0.002
 PIPELINE_BELOW_SECONDS = 0.1
 #: Finished jobs, their results and logs, and payloads nobody reused are kept this long.
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
-#: Fraction of the requested memory above which a failed task counts as memory-bound.
-MEMORY_BOUND_FRACTION = 0.95
-
 
 _CANCELLED_WHILE_RUNNING = (
     protocol.CANCELLED,
@@ -774,19 +771,19 @@ class Agent:
         running: _Running | None = None,
     ) -> None:
         """Queue an outcome for storing; decide whether the task gets another attempt."""
-        retryable = result.outcome in (protocol.FAILED, protocol.CRASHED, protocol.TIMEOUT)
-        if allow_retry and retryable and message.attempt < spec.max_attempts:
+        retry = (
+            retries.next_attempt(
+                spec,
+                message,
+                result,
+                None if running is None else running.peak_memory_gb,
+                None if running is None else running.memory_gb,
+            )
+            if allow_retry
+            else None
+        )
+        if retry is not None:
             result.final = False
-            memory = message.memory_gb
-            base_memory = spec.resources.get("memory_gb")
-            if spec.retry_with_more_memory and base_memory and running is not None:
-                limit = running.memory_gb or base_memory
-                memory_bound = (
-                    result.error is not None and result.error[0] == "meadow.MemoryLimitExceeded"
-                ) or running.peak_memory_gb >= MEMORY_BOUND_FRACTION * limit
-                if memory_bound:
-                    memory = float(base_memory) * (message.attempt + 1)
-            retry = dataclasses.replace(message, attempt=message.attempt + 1, memory_gb=memory)
             self.pending_retries.append(retry)
             self.more_queued[spec.job_id] = True
             self.buffers.setdefault(spec.job_id, deque())

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
 
 
+class ObjectNotFoundError(FileNotFoundError, KeyError):
+    """No object under the key (both: the local store raises FileNotFoundError, and
+    callers that treat the store as a mapping catch KeyError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class StoredObjectInfo(NamedTuple):
+    key: str
+    size_bytes: int
+    last_modified: float  # seconds since the epoch
+
+
 class ObjectStore(abc.ABC):
-    """Immutable blobs by key: pickled functions, argument blobs, large results, logs."""
+    """Immutable blobs by key: pickled functions, argument blobs, large results, logs.
+
+    Wide enough for every cloud's remote layer (listing, streaming to a file, batch
+    deletes, a URL a fresh machine can fetch from), so nothing above the drivers is
+    typed to one cloud's store.
+    """
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -44,6 +64,35 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def location(self, key: str) -> str:
         """Where a person finds the object (a path or a URL), for messages and logs."""
+
+    def download(self, key: str, path: Path) -> None:
+        """Write the object into the file ``path``; stores override this to stream it."""
+        path.write_bytes(self.get(key))
+
+    @abc.abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[StoredObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix``, in key order."""
+        return [info.key for info in self.list_objects(prefix)]
+
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        """Delete these objects (missing ones are no error); returns how many were asked."""
+        count = 0
+        for key in keys:
+            self.delete_prefix(key)
+            count += 1
+        return count
+
+    def signed_url(self, key: str, expires_seconds: int = 3600) -> str:
+        """A URL anyone can GET the object from for a while (a machine's boot script)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hand out URLs for objects")
+
+    def local_path(self, key: str) -> Path | None:
+        """The file holding the object when it is on this machine's disk, else None
+        (readers then use it in place instead of downloading)."""
+        return None
 
 
 class JobQueue(abc.ABC):

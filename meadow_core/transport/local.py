@@ -19,7 +19,7 @@ from pathlib import Path
 
 from meadow_core import protocol
 from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
-from meadow_core.transport.base import JobQueue, ObjectStore
+from meadow_core.transport.base import JobQueue, ObjectStore, StoredObjectInfo
 
 
 class LocalObjectStore(ObjectStore):
@@ -123,6 +123,25 @@ class LocalObjectStore(ObjectStore):
 
     def location(self, key: str) -> str:
         return str(self._path(key))
+
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObjectInfo]:
+        directory = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        if not directory.is_dir():
+            return
+        found = []
+        for path in directory.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if not key.startswith(prefix) or path.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                if path.is_file():
+                    found.append(StoredObjectInfo(key, stat.st_size, stat.st_mtime))
+        yield from sorted(found)
 
 
 _SCHEMA = """

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from meadow_core.clouds.aws import admin, names, session
 from meadow_core.clouds.aws.cli import aws
-from meadow_core.clouds.aws.registry import TERMINATING, InstanceRecord, InstanceRegistry
+from meadow_core.clouds.aws.registry import TERMINATING, DynamoRegistry, InstanceRecord
 from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.errors import InvalidRequestError
 from meadow_core.resources import Resources
@@ -136,7 +136,7 @@ def test_install_then_uninstall_leaves_the_account_as_it_was(aws_region: str) ->
 def test_clean_removes_planted_orphans_and_keeps_what_is_owned(aws_region: str) -> None:
     admin.install(aws_region, publish_bundle=False)
     region = aws_region
-    registry = InstanceRegistry(session.client("dynamodb", region))
+    registry = DynamoRegistry(session.client("dynamodb", region))
     sqs = session.client("sqs", region)
     store = S3ObjectStore(
         names.bucket_name(session.account_id(), region), session.client("s3", region)
@@ -234,7 +234,7 @@ def test_cli_install_ls_clean_uninstall(aws_region: str) -> None:
     bucket = names.bucket_name(session.account_id(), aws_region)
     rules = session.client("s3", aws_region).get_bucket_lifecycle_configuration(Bucket=bucket)
     assert {r.get("Expiration", {}).get("Days") for r in rules["Rules"]} == {3, None}
-    registry = InstanceRegistry(session.client("dynamodb", aws_region))
+    registry = DynamoRegistry(session.client("dynamodb", aws_region))
     instance_id = _launch(aws_region)
     record = InstanceRecord(
         instance_id, "m5.large", True, 0.0312, 2, 8, launched_at=time.time() - 3725

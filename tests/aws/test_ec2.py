@@ -26,7 +26,7 @@ from meadow_devcloud.simulator import DevCloud
 import meadow_core as mc
 from meadow_core.clouds.aws import admin, names, session
 from meadow_core.clouds.aws.host import AllocEC2Instance
-from meadow_core.clouds.aws.registry import InstanceRegistry
+from meadow_core.clouds.aws.registry import DynamoRegistry
 from meadow_core.errors import UnsatisfiableResourcesError
 from tests.aws import ec2_tasks
 
@@ -81,7 +81,7 @@ def _diagnosis(cloud: DevCloud | None) -> str:
     if cloud is None:
         return ""
     parts = []
-    for record in InstanceRegistry(boto3.client("dynamodb", region_name=REGION)).list():
+    for record in DynamoRegistry(boto3.client("dynamodb", region_name=REGION)).list():
         parts.append(f"registry: {record.instance_id} {record.state} {record.allocations}")
     for vm in cloud.vms():
         for log in (cloud.state_dir / "vms" / vm / "fs" / "var-lib-meadow").glob("*.log"):
@@ -143,7 +143,7 @@ def test_run_function_launches_an_instance_then_reuses_it_warm(
     assert [i["InstanceId"] for i in _instances()] == [first_instance], "nothing new launched"
     # The job's record names what it read from the bucket, so `meadow aws cache prune`
     # keeps it: the code, the environment, the function and the agent bundle.
-    registry = InstanceRegistry(boto3.client("dynamodb", region_name=REGION))
+    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
     for job in asyncio.run(_host().list_jobs(limit=2)):  # the cold job and the warm one
         refs = registry.job_fields(job.job_id)["refs"]  # type: ignore[index]
         kinds = sorted(ref.split("/", 1)[0] for ref in refs)
@@ -277,7 +277,7 @@ def test_cancel_stops_a_running_map_and_frees_its_workers(
         deployment=deployment,
         wait_for_result=False,
     )
-    registry = InstanceRegistry(boto3.client("dynamodb", region_name=REGION))
+    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
 
     def allocated() -> bool:
         return any(handle.job_id in r.allocations for r in registry.list())
@@ -410,7 +410,7 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     )
     (tmp_path / "r.txt").write_text("six==1.16.0\n")
     caller = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
-    registry = InstanceRegistry(boto3.client("dynamodb", region_name=REGION))
+    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
     sqs = boto3.client("sqs", region_name=REGION)
 
     def serving() -> list[str]:

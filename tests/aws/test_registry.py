@@ -1,5 +1,5 @@
-"""InstanceRegistry against DynamoDB in moto server mode: conditional writes hold under
-concurrency, so no instance is ever double-booked.
+"""DynamoRegistry (fleet registry and job table) against DynamoDB in moto server mode:
+conditional writes hold under concurrency, so no instance is ever double-booked.
 
 Real DynamoDB applies each conditional write atomically. moto's threaded server checks a
 condition and applies the write in separate steps, so the concurrency tests here need the
@@ -22,25 +22,25 @@ from meadow_core.clouds.aws import names, session
 from meadow_core.clouds.aws.registry import (
     RUNNING,
     TERMINATING,
+    DynamoRegistry,
     InstanceRecord,
-    InstanceRegistry,
     create_table,
 )
 from meadow_core.resources import Resources
 
 
 @pytest.fixture
-def registry(aws_env: dict[str, str]) -> InstanceRegistry:
+def registry(aws_env: dict[str, str]) -> DynamoRegistry:
     session.reset()
     client = session.client("dynamodb")
     assert create_table(client)
     assert not create_table(client), "a second create finds the table"
-    return InstanceRegistry(client)
+    return DynamoRegistry(client)
 
 
-def _own_registry() -> InstanceRegistry:
+def _own_registry() -> DynamoRegistry:
     """A registry through its own boto3 session and client, like a separate caller."""
-    return InstanceRegistry(boto3.session.Session().client("dynamodb"), names.TABLE_NAME)
+    return DynamoRegistry(boto3.session.Session().client("dynamodb"), names.TABLE_NAME)
 
 
 def _instance(instance_id: str, cpu: float, memory: float, gpus: float = 0) -> InstanceRecord:
@@ -56,7 +56,7 @@ def _instance(instance_id: str, cpu: float, memory: float, gpus: float = 0) -> I
     )
 
 
-def test_register_get_list_and_remove(registry: InstanceRegistry) -> None:
+def test_register_get_list_and_remove(registry: DynamoRegistry) -> None:
     offer = Offer("c5.xlarge", True, 0.034, 4, 8, eviction_rate=5.0, flags=frozenset({"avx512"}))
     record = InstanceRecord.launched("i-0aaa", offer, "us-east-2b")
     assert registry.register(record)
@@ -85,7 +85,7 @@ def test_register_get_list_and_remove(registry: InstanceRegistry) -> None:
     assert registry.list() == []
 
 
-def test_allocate_grow_and_release_account_exactly(registry: InstanceRegistry) -> None:
+def test_allocate_grow_and_release_account_exactly(registry: DynamoRegistry) -> None:
     registry.register(_instance("i-1", cpu=4, memory=3.0))
     per = Resources(logical_cpu=1, memory_gb=0.7)
     assert registry.try_allocate("i-1", "job-a", 2, per)
@@ -115,14 +115,14 @@ def test_allocate_grow_and_release_account_exactly(registry: InstanceRegistry) -
     assert not registry.try_allocate("i-unknown", "job-a", 1, per)
 
 
-def test_gpus_are_booked_too(registry: InstanceRegistry) -> None:
+def test_gpus_are_booked_too(registry: DynamoRegistry) -> None:
     registry.register(_instance("i-gpu", cpu=8, memory=32, gpus=1))
     assert registry.try_allocate("i-gpu", "job-a", 1, Resources(logical_cpu=1, gpu_memory=8))
     assert not registry.try_allocate("i-gpu", "job-b", 1, Resources(logical_cpu=1, gpus=1))
     assert registry.try_allocate("i-gpu", "job-b", 1, Resources(logical_cpu=1))
 
 
-def test_ten_concurrent_callers_never_double_book(registry: InstanceRegistry) -> None:
+def test_ten_concurrent_callers_never_double_book(registry: DynamoRegistry) -> None:
     capacity = {"i-small": (2.0, 4.0), "i-mid": (4.0, 6.0), "i-big": (6.0, 10.0)}
     for instance_id, (cpu, memory) in capacity.items():
         registry.register(_instance(instance_id, cpu, memory))
@@ -181,7 +181,7 @@ def test_ten_concurrent_callers_never_double_book(registry: InstanceRegistry) ->
             ) < (need.memory_gb or 0), f"{job_id} was refused room that {instance_id} had"
 
 
-def test_idle_agent_and_allocating_caller_never_both_win(registry: InstanceRegistry) -> None:
+def test_idle_agent_and_allocating_caller_never_both_win(registry: DynamoRegistry) -> None:
     per = Resources(logical_cpu=1, memory_gb=1)
     assert registry.register(_instance("i-busy", 2, 2))
     assert registry.try_allocate("i-busy", "job-a", 1, per)
@@ -238,7 +238,7 @@ def test_idle_agent_and_allocating_caller_never_both_win(registry: InstanceRegis
 
 
 def test_spot_notice_stops_allocation_and_heartbeat_records_life(
-    registry: InstanceRegistry,
+    registry: DynamoRegistry,
 ) -> None:
     registry.register(_instance("i-spot", 4, 4))
     before = registry.get("i-spot")
@@ -253,7 +253,7 @@ def test_spot_notice_stops_allocation_and_heartbeat_records_life(
     assert not registry.heartbeat("i-gone")
 
 
-def test_job_records(registry: InstanceRegistry) -> None:
+def test_job_records(registry: DynamoRegistry) -> None:
     fields = {"kind": "map", "name": "f", "num_tasks": 3, "state": "running"}
     assert registry.put_job("job-1", {**fields, "created": 100.0})
     assert not registry.put_job("job-1", {**fields, "name": "other"}), "ids are created once"

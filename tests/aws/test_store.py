@@ -92,9 +92,9 @@ def test_delete_prefix_in_batches_leaves_the_rest(
     assert s3_store.delete_prefix("results/job-1/") == 0
 
 
-def test_presigned_get_serves_the_object_without_credentials(s3_store: S3ObjectStore) -> None:
+def test_signed_url_serves_the_object_without_credentials(s3_store: S3ObjectStore) -> None:
     s3_store.put("bootstrap/bundle.tar.gz", b"bundle bytes")
-    url = s3_store.presigned_get("bootstrap/bundle.tar.gz", expires=300)
+    url = s3_store.signed_url("bootstrap/bundle.tar.gz", expires_seconds=300)
     assert url.startswith(os.environ["AWS_ENDPOINT_URL"])  # loopback moto only
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=10) as response:

@@ -12,18 +12,20 @@ import pytest
 from click.testing import CliRunner
 
 from meadow_core import code_snapshot, protocol
-from meadow_core.clouds.aws import admin, session, store_cache, transport
+from meadow_core.clouds.aws import admin, session
 from meadow_core.clouds.aws.cli import aws
-from meadow_core.clouds.aws.registry import InstanceRegistry
+from meadow_core.clouds.aws.registry import DynamoRegistry
 from meadow_core.clouds.aws.store import S3ObjectStore
+from meadow_core.keys import spec_key
 from meadow_core.protocol import Environment, JobSpec
+from meadow_core.remote import store_cache
 
 DAY = 86400.0
 THIRTY_DAYS = 30 * DAY
 
 
 @pytest.fixture
-def installed(aws_env: dict[str, str]) -> tuple[str, S3ObjectStore, InstanceRegistry]:
+def installed(aws_env: dict[str, str]) -> tuple[str, S3ObjectStore, DynamoRegistry]:
     session.reset()
     region = aws_env["AWS_DEFAULT_REGION"]
     admin.install(region, publish_bundle=False)
@@ -47,7 +49,7 @@ def _keys(store: S3ObjectStore) -> set[str]:
 
 
 def test_prune_keeps_what_recent_and_unfinished_jobs_use_and_deletes_the_rest(
-    installed: tuple[str, S3ObjectStore, InstanceRegistry], tmp_path: Path
+    installed: tuple[str, S3ObjectStore, DynamoRegistry], tmp_path: Path
 ) -> None:
     _, store, registry = installed
     shared = "def shared():\n    return 1\n"
@@ -119,7 +121,7 @@ def test_prune_keeps_what_recent_and_unfinished_jobs_use_and_deletes_the_rest(
 
 
 def test_nothing_younger_than_the_window_is_pruned(
-    installed: tuple[str, S3ObjectStore, InstanceRegistry],
+    installed: tuple[str, S3ObjectStore, DynamoRegistry],
 ) -> None:
     _, store, registry = installed
     store.put("functions/unreferenced-but-new", b"x")
@@ -128,7 +130,7 @@ def test_nothing_younger_than_the_window_is_pruned(
 
 
 def test_a_job_recorded_while_the_prune_looks_keeps_what_it_uses(
-    installed: tuple[str, S3ObjectStore, InstanceRegistry],
+    installed: tuple[str, S3ObjectStore, DynamoRegistry],
 ) -> None:
     """The registry is read again just before deleting: a job recorded in between
     (here: invisible to the first read) keeps its old objects."""
@@ -157,7 +159,7 @@ def test_a_job_recorded_while_the_prune_looks_keeps_what_it_uses(
 
 
 def test_an_unfinished_job_without_refs_keeps_what_its_spec_names(
-    installed: tuple[str, S3ObjectStore, InstanceRegistry],
+    installed: tuple[str, S3ObjectStore, DynamoRegistry],
 ) -> None:
     """A job submitted by an older caller (no ``refs``) still running: its stored spec
     says what it reads."""
@@ -173,13 +175,13 @@ def test_an_unfinished_job_without_refs_keeps_what_its_spec_names(
         num_tasks=1,
         function_key="functions/old-caller",
     )
-    store.put(transport.spec_key(spec.job_id), protocol.pack(spec.to_wire()))
+    store.put(spec_key(spec.job_id), protocol.pack(spec.to_wire()))
     registry.put_job(spec.job_id, {"state": "running", "created": time.time()})
     report = store_cache.prune(store, registry, THIRTY_DAYS, time.time() + 35 * DAY)
     assert [o.key for o in report.deleted] == ["functions/unused"]
 
 
-def test_the_cli_lists_and_prunes(installed: tuple[str, S3ObjectStore, InstanceRegistry]) -> None:
+def test_the_cli_lists_and_prunes(installed: tuple[str, S3ObjectStore, DynamoRegistry]) -> None:
     region, store, _ = installed
     store.put("functions/f", b"x" * 2_000_000)
     listed = CliRunner().invoke(aws, ["cache", "list", "--region", region])

@@ -9,7 +9,6 @@ removes what nothing owns.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import time
@@ -18,15 +17,17 @@ from typing import Any
 
 import botocore.exceptions
 
-from meadow_core.clouds.aws import names, session, store_cache
+from meadow_core.clouds.aws import names, session
 from meadow_core.clouds.aws.registry import (
     TERMINATING,
+    DynamoRegistry,
     InstanceRecord,
-    InstanceRegistry,
     create_table,
 )
 from meadow_core.clouds.aws.store import S3ObjectStore
+from meadow_core.fleet import bootstrap
 from meadow_core.protocol import TERMINAL_JOB_STATES
+from meadow_core.remote import store_cache
 
 log = logging.getLogger(__name__)
 
@@ -334,18 +335,9 @@ def _install_security_group(region_name: str, report: Report) -> None:
 
 
 def _publish_bundle(store: S3ObjectStore, report: Report) -> None:
-    """Upload the agent bundle instances boot from (the lead's hook, if present)."""
-    try:
-        bootstrap = importlib.import_module("meadow_core.clouds.aws.bootstrap")
-    except ModuleNotFoundError as exc:
-        if exc.name != "meadow_core.clouds.aws.bootstrap":
-            raise
-        report.notes.append(
-            "no agent bundle published (meadow_core.clouds.aws.bootstrap is missing)"
-        )
-        return
-    key = bootstrap.publish(store)
-    report.done.append(f"published the agent bundle to {store.location(str(key))}")
+    """Upload the agent bundle instances boot from."""
+    key = bootstrap.publish(store, names.AGENT_EXTRAS)
+    report.done.append(f"published the agent bundle to {store.location(key)}")
 
 
 def install(
@@ -496,7 +488,7 @@ def uninstall(region_name: str) -> Report:
 # -- clean ---------------------------------------------------------------------------------
 
 
-def _registry(region_name: str) -> InstanceRegistry | None:
+def _registry(region_name: str) -> DynamoRegistry | None:
     """The registry, or None when the table does not exist (Meadow not installed)."""
     dynamodb = session.client("dynamodb", region_name)
     try:
@@ -505,7 +497,7 @@ def _registry(region_name: str) -> InstanceRegistry | None:
         if _code(exc) == "ResourceNotFoundException":
             return None
         raise
-    return InstanceRegistry(dynamodb, names.TABLE_NAME)
+    return DynamoRegistry(dynamodb, names.TABLE_NAME)
 
 
 def _store(region_name: str) -> S3ObjectStore:
@@ -514,7 +506,7 @@ def _store(region_name: str) -> S3ObjectStore:
     )
 
 
-def _installed(region_name: str) -> tuple[S3ObjectStore, InstanceRegistry]:
+def _installed(region_name: str) -> tuple[S3ObjectStore, DynamoRegistry]:
     session.check_region(region_name)
     registry = _registry(region_name)
     if registry is None:

@@ -15,6 +15,11 @@ MANAGED_TAG_VALUE = "true"
 #: Tag on an instance naming the job it was launched for (for people reading the console).
 JOB_TAG_KEY = "meadow:job"
 
+#: What an instance's agent bundle adds to Meadow's own dependencies, and the module
+#: its boot script starts.
+AGENT_EXTRAS = ("boto3",)
+AGENT_MODULE = "meadow_core.clouds.aws.instance_agent"
+
 TABLE_NAME = "meadow-registry"
 ROLE_NAME = "meadow-agent"
 INSTANCE_PROFILE_NAME = "meadow-agent"

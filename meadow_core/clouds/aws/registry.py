@@ -1,10 +1,12 @@
-"""`InstanceRegistry`: Meadow's instances and jobs in one DynamoDB table.
+"""`DynamoRegistry`: the fleet's instances and the jobs in one DynamoDB table.
 
-Every write that hands out or takes back capacity is one conditional update, checked and
-applied by DynamoDB atomically: any number of callers allocating at once never
-double-book an instance, and an idle instance's agent and an allocating caller can never
-both win (the agent marks the instance ``terminating`` only while it holds nothing, and
-nothing is allocated on an instance that is not ``running``).
+The fleet layer's ``InstanceRegistry`` and the remote layer's ``JobTable``, each write
+one conditional update, checked and applied by DynamoDB atomically (the fast path the
+generic compare-and-swap implementations leave to drivers that can): any number of
+callers allocating at once never double-book an instance, and an idle instance's agent
+and an allocating caller can never both win (the agent marks the instance
+``terminating`` only while it holds nothing, and nothing is allocated on an instance
+that is not ``running``).
 
 Table layout: partition key ``pk`` (``instance`` or ``job``), sort key ``sk`` (the
 instance or job id), so a record's own fields never collide with the key; a local
@@ -15,25 +17,36 @@ adding and subtracting capacity is exact.
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import re
 import time
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any, TypedDict
+from typing import Any
 
 import botocore.exceptions
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from meadow_core.allocation.selection import Offer, WarmInstance
 from meadow_core.clouds.aws import names
+from meadow_core.fleet.registry import (
+    KIND_INSTANCE,
+    RUNNING,
+    TERMINATING,
+    Allocation,
+    InstanceRecord,
+    InstanceRegistry,
+)
 from meadow_core.protocol import JOB_QUEUED, JOB_RUNNING, JobRecord
+from meadow_core.remote.jobs import KIND_JOB, JobTable, job_record
 from meadow_core.resources import Resources
 
-RUNNING = "running"
-TERMINATING = "terminating"
-KIND_INSTANCE = "instance"
-KIND_JOB = "job"
+__all__ = [
+    "RUNNING",
+    "TERMINATING",
+    "Allocation",
+    "DynamoRegistry",
+    "InstanceRecord",
+    "create_table",
+]
 CREATED_INDEX = "by_created"
 #: Optional epoch-seconds attribute after which DynamoDB deletes an item (TTL).
 EXPIRES_ATTRIBUTE = "expires_at"
@@ -86,117 +99,17 @@ def _is_condition_failure(exc: botocore.exceptions.ClientError) -> bool:
     return code == "ConditionalCheckFailedException"
 
 
-class Allocation(TypedDict):
-    """What one job holds on one instance: ``workers`` slots of the per-worker amounts."""
-
-    workers: int
-    logical_cpu: float
-    memory_gb: float
-    gpus: float
+def record_to_item(record: InstanceRecord) -> dict[str, Any]:
+    data = record.to_plain()
+    data["pk"] = KIND_INSTANCE
+    data["sk"] = record.instance_id
+    return _item(data)
 
 
-@dataclasses.dataclass
-class InstanceRecord:
-    """One Meadow instance: its size, price, what is free and who holds the rest.
-
-    The ``free_*`` fields default to the totals (a new instance holds nothing).
-    """
-
-    instance_id: str
-    instance_type: str
-    spot: bool
-    price_per_hour: float
-    logical_cpu: float
-    memory_gb: float
-    gpus: float = 0.0
-    gpu_memory_gb: float = 0.0
-    flags: tuple[str, ...] = ()
-    eviction_rate: float = 0.0
-    architecture: str = "x86_64"
-    zone: str = ""
-    state: str = RUNNING
-    launched_at: float = dataclasses.field(default_factory=time.time)
-    last_activity: float = dataclasses.field(default_factory=time.time)
-    last_heartbeat: float = dataclasses.field(default_factory=time.time)
-    terminating_since: float | None = None
-    free_logical_cpu: float | None = None
-    free_memory_gb: float | None = None
-    free_gpus: float | None = None
-    version: int = 0
-    allocations: dict[str, Allocation] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.free_logical_cpu is None:
-            self.free_logical_cpu = self.logical_cpu
-        if self.free_memory_gb is None:
-            self.free_memory_gb = self.memory_gb
-        if self.free_gpus is None:
-            self.free_gpus = self.gpus
-
-    @classmethod
-    def launched(cls, instance_id: str, offer: Offer, zone: str) -> InstanceRecord:
-        """The record of an instance just launched for ``offer`` (nothing allocated)."""
-        return cls(
-            instance_id=instance_id,
-            instance_type=offer.instance_type,
-            spot=offer.spot,
-            price_per_hour=offer.price_per_hour,
-            logical_cpu=offer.logical_cpu,
-            memory_gb=offer.memory_gb,
-            gpus=offer.gpus,
-            gpu_memory_gb=offer.gpu_memory_gb,
-            flags=tuple(sorted(offer.flags)),
-            eviction_rate=offer.eviction_rate,
-            architecture=offer.architecture,
-            zone=zone,
-        )
-
-    @property
-    def accepts_work(self) -> bool:
-        """Only a ``running`` instance may be allocated (the registry enforces it too)."""
-        return self.state == RUNNING
-
-    def as_warm(self) -> WarmInstance:
-        """What is free on this instance, as selection sees a warm instance."""
-        return WarmInstance(
-            instance_id=self.instance_id,
-            instance_type=self.instance_type,
-            logical_cpu=float(self.free_logical_cpu or 0),
-            memory_gb=float(self.free_memory_gb or 0),
-            gpus=float(self.free_gpus or 0),
-            gpu_memory_gb=self.gpu_memory_gb,
-            flags=frozenset(self.flags),
-            spot=self.spot,
-            eviction_rate=self.eviction_rate,
-            architecture=self.architecture,
-        )
-
-    def to_item(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["flags"] = list(self.flags)
-        data["pk"] = KIND_INSTANCE
-        data["sk"] = data.pop("instance_id")
-        return _item(data)
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> InstanceRecord:
-        data = _from_dynamo(_plain(item))
-        data.pop("pk", None)
-        data["instance_id"] = data.pop("sk")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in fields})
-        record.spot = bool(record.spot)
-        record.flags = tuple(record.flags)
-        record.allocations = {
-            job: Allocation(
-                workers=int(a["workers"]),
-                logical_cpu=float(a["logical_cpu"]),
-                memory_gb=float(a["memory_gb"]),
-                gpus=float(a["gpus"]),
-            )
-            for job, a in (data.get("allocations") or {}).items()
-        }
-        return record
+def record_from_item(item: Mapping[str, Any]) -> InstanceRecord:
+    data = _from_dynamo(_plain(item))
+    data.pop("pk", None)
+    return InstanceRecord.from_plain(data.pop("sk"), data)
 
 
 def create_table(client: Any, table_name: str = names.TABLE_NAME) -> bool:
@@ -243,7 +156,7 @@ def create_table(client: Any, table_name: str = names.TABLE_NAME) -> bool:
     return True
 
 
-class InstanceRegistry:
+class DynamoRegistry(InstanceRegistry, JobTable):
     """Instance and job records in the registry table, through a boto3 DynamoDB client."""
 
     def __init__(self, client: Any, table_name: str = names.TABLE_NAME) -> None:
@@ -316,7 +229,7 @@ class InstanceRegistry:
         try:
             self.client.put_item(
                 TableName=self.table_name,
-                Item=record.to_item(),
+                Item=record_to_item(record),
                 ConditionExpression="attribute_not_exists(#sk)",
                 ExpressionAttributeNames={"#sk": "sk"},
             )
@@ -328,10 +241,10 @@ class InstanceRegistry:
 
     def get(self, instance_id: str) -> InstanceRecord | None:
         item = self._get_raw(KIND_INSTANCE, instance_id)
-        return InstanceRecord.from_item(item) if item else None
+        return record_from_item(item) if item else None
 
     def list(self) -> builtins.list[InstanceRecord]:
-        return [InstanceRecord.from_item(i) for i in self._query(KIND_INSTANCE)]
+        return [record_from_item(i) for i in self._query(KIND_INSTANCE)]
 
     def remove(self, instance_id: str) -> None:
         """Forget an instance (it was terminated); a no-op if unknown."""
@@ -518,30 +431,10 @@ class InstanceRegistry:
         data["job_id"] = data.pop("sk")
         return data
 
-    @staticmethod
-    def _record(fields: Mapping[str, Any]) -> JobRecord:
-        finished = fields.get("finished")
-        return JobRecord(
-            job_id=str(fields["job_id"]),
-            kind=str(fields.get("kind", "")),
-            name=str(fields.get("name", "")),
-            state=str(fields.get("state", "")),
-            num_tasks=int(fields.get("num_tasks", 0)),
-            num_done=int(fields.get("num_done", 0)),
-            num_failed=int(fields.get("num_failed", 0)),
-            created=float(fields.get("created", 0.0)),
-            finished=None if finished is None else float(finished),
-        )
-
     def job_fields(self, job_id: str) -> dict[str, Any] | None:
         """Every stored field of a job plus ``job_id`` (integral numbers as ``int``)."""
         item = self._get_raw(KIND_JOB, job_id)
         return self._job(item) if item else None
-
-    def get_job(self, job_id: str) -> JobRecord | None:
-        """The job as `meadow jobs` shows it; fields never written read as 0 or empty."""
-        fields = self.job_fields(job_id)
-        return self._record(fields) if fields else None
 
     def list_jobs(self, limit: int = 50) -> builtins.list[JobRecord]:
         """The newest ``limit`` jobs, newest first."""
@@ -555,7 +448,7 @@ class InstanceRegistry:
             Limit=limit,
             ConsistentRead=True,
         )
-        return [self._record(self._job(i)) for i in response.get("Items", [])]
+        return [job_record(self._job(i)) for i in response.get("Items", [])]
 
     def all_jobs(self) -> builtins.list[dict[str, Any]]:
         """Every job's stored fields (the sweeper reconciles against them)."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from meadow_core.clouds.aws.session import AwsConfigurationError
-from meadow_core.transport.base import ObjectStore
+from meadow_core.transport.base import ObjectNotFoundError, ObjectStore, StoredObjectInfo
+
+__all__ = ["ObjectNotFoundError", "S3ObjectStore", "StoredObjectInfo"]
 
 #: Objects larger than this go up in parallel parts (TransferManager).
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -25,14 +27,6 @@ _TRANSFER = TransferConfig(
     multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
 )
 _DELETE_BATCH = 1000  # the most delete_objects takes at once
-
-
-class ObjectNotFoundError(FileNotFoundError, KeyError):
-    """No object under the key (both: the local store raises FileNotFoundError, and
-    callers that treat the store as a mapping catch KeyError)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "object not found"
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -47,12 +41,6 @@ def _no_bucket(exc: botocore.exceptions.ClientError, bucket: str) -> None:
             f"bucket {bucket} does not exist: run `meadow aws install --region <region>` "
             "for this account and region"
         ) from exc
-
-
-class StoredObjectInfo(NamedTuple):
-    key: str
-    size_bytes: int
-    last_modified: float  # seconds since the epoch
 
 
 class S3ObjectStore(ObjectStore):
@@ -187,9 +175,9 @@ class S3ObjectStore(ObjectStore):
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def presigned_get(self, key: str, expires: int = 3600) -> str:
-        """A URL anyone can GET the object from for ``expires`` seconds (the boot script)."""
+    def signed_url(self, key: str, expires_seconds: int = 3600) -> str:
+        """A presigned GET URL, valid for ``expires_seconds`` (the boot script's bundle)."""
         url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
         )
         return url

@@ -1,4 +1,4 @@
-"""What Meadow's bucket keeps for reuse, and pruning what no recent job used.
+"""What a remote place's store keeps for reuse, and pruning what no recent job used.
 
 Functions, arguments, code files and chunks, manifests, environment specs and archives
 and agent bundles are content-addressed and shared between jobs, so no age-based
@@ -25,24 +25,15 @@ import time
 from collections.abc import Iterable
 
 from meadow_core import protocol
-from meadow_core.clouds.aws.registry import InstanceRegistry
-from meadow_core.clouds.aws.store import S3ObjectStore, StoredObjectInfo
-from meadow_core.clouds.aws.transport import spec_key
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import packed_spec
+from meadow_core.keys import CONTENT_PREFIXES, spec_key
 from meadow_core.protocol import TERMINAL_JOB_STATES, JobSpec
+from meadow_core.remote.jobs import JobTable
+from meadow_core.transport.base import ObjectStore, StoredObjectInfo
 
-#: Content-addressed prefixes in the bucket, and what they hold.
-KINDS: dict[str, str] = {
-    "functions/": "functions",
-    "args/": "arguments",
-    "code/manifests/": "code manifests",
-    "code/files/": "code files",
-    "code/chunks/": "code chunks",
-    "envs/specs/": "environment specs",
-    "envs/packed/": "environment archives",
-    "bootstrap/": "agent bundles",
-}
+#: Content-addressed prefixes in the store, and what they hold.
+KINDS = CONTENT_PREFIXES
 DEFAULT_OLDER_THAN_DAYS = 30.0
 #: Callers trust for ten minutes that an object they saw is still there.
 MIN_OLDER_THAN_SECONDS = 86400.0
@@ -82,7 +73,7 @@ class PruneReport:
         return sum(o.size_bytes for o in self.deleted)
 
 
-def _live_roots(registry: InstanceRegistry, store: S3ObjectStore, cutoff: float) -> set[str]:
+def _live_roots(registry: JobTable, store: ObjectStore, cutoff: float) -> set[str]:
     """Refs of jobs created after ``cutoff`` or not yet over. An unfinished job from a
     caller that recorded no refs (an older Meadow) is read from its stored spec."""
     roots: set[str] = set()
@@ -102,7 +93,7 @@ def _live_roots(registry: InstanceRegistry, store: S3ObjectStore, cutoff: float)
     return roots
 
 
-def _expand(roots: Iterable[str], store: S3ObjectStore) -> set[str]:
+def _expand(roots: Iterable[str], store: ObjectStore) -> set[str]:
     """The roots plus the code objects their manifests name (``_is_live`` adds the
     archives their environment specs name)."""
     live = set(roots)
@@ -126,7 +117,7 @@ def _is_live(key: str, live: set[str]) -> bool:
 
 
 def _classify(
-    store: S3ObjectStore, registry: InstanceRegistry, older_than: float, now: float
+    store: ObjectStore, registry: JobTable, older_than: float, now: float
 ) -> tuple[list[StoredObjectInfo], list[StoredObjectInfo], set[str]]:
     """(kept, unused, recent roots) over every content-addressed object. A manifest or
     spec uploaded within the window counts as used (its job may not be recorded yet),
@@ -154,8 +145,8 @@ def _kind(key: str) -> str:
 
 
 def summarize(
-    store: S3ObjectStore,
-    registry: InstanceRegistry,
+    store: ObjectStore,
+    registry: JobTable,
     older_than: float = DEFAULT_OLDER_THAN_DAYS * 86400,
     now: float | None = None,
 ) -> list[KindSummary]:
@@ -178,8 +169,8 @@ def summarize(
 
 
 def prune(
-    store: S3ObjectStore,
-    registry: InstanceRegistry,
+    store: ObjectStore,
+    registry: JobTable,
     older_than: float = DEFAULT_OLDER_THAN_DAYS * 86400,
     now: float | None = None,
     dry_run: bool = False,

@@ -1,4 +1,4 @@
-"""Objects an instance needs, copied from S3 into its local store once each.
+"""Objects a machine needs, copied from the remote store into its local one once each.
 
 Every worker loop of a job prefetches the same function, code and environment archive
 before its first task. Without coordination a 16-worker instance downloads a
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import threading
 
-from meadow_core.clouds.aws.store import S3ObjectStore
+from meadow_core.transport.base import ObjectStore
 from meadow_core.transport.local import LocalObjectStore
 
 
 class StoreMirror:
-    """Copies keys between an S3 store and this machine's store, each key once."""
+    """Copies keys between a remote store and this machine's store, each key once."""
 
-    def __init__(self, remote: S3ObjectStore, local: LocalObjectStore) -> None:
+    def __init__(self, remote: ObjectStore, local: LocalObjectStore) -> None:
         self.remote = remote
         self.local = local
         self._lock = threading.Lock()
@@ -36,6 +36,6 @@ class StoreMirror:
             self._key_locks.pop(key, None)
 
     def copy_up(self, key: str) -> None:
-        """Make a local object (a large result) present in S3, streamed from its file."""
+        """Make a local object (a large result) present remotely, streamed from its file."""
         if not self.remote.exists(key):
             self.remote.put_file(key, self.local.file_path(key))

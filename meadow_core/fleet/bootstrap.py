@@ -1,11 +1,11 @@
-"""The agent bundle and the boot script that installs it on a fresh EC2 instance.
+"""The agent bundle and the boot script that installs it on a fresh VM, for any cloud.
 
 No custom machine image is needed: the bundle (``meadow_core`` itself plus its runtime
-dependencies, built for the instance's Python and platform by ``uv pip install
---target``) is uploaded once per content hash to the bucket, and the user data of every
-instance downloads it through a presigned URL, unpacks it and starts
-``python3 -m meadow_core.clouds.aws.instance_agent``. The URL is all the script needs, so the
-instance needs no tool (curl, awscli) beyond ``python3``.
+dependencies and the cloud's SDK, built for the machine's Python and platform by ``uv
+pip install --target``) is uploaded once per content hash to the place's store, and the
+boot script (user data, custom data) of every machine downloads it through a signed
+URL, unpacks it and starts the cloud's machine agent module. The URL is all the script
+needs, so the machine needs no tool (curl, a cloud CLI) beyond ``python3``.
 """
 
 from __future__ import annotations
@@ -29,38 +29,35 @@ import platformdirs
 from meadow_core.interpreters import uv_binary
 from meadow_core.transport.base import ObjectStore
 
-#: Beyond Meadow's own dependencies, what the instance agent imports.
-AGENT_EXTRAS = ("boto3",)
-
 #: The instance platform the bundle's compiled wheels are chosen for.
 INSTANCE_PLATFORM = "x86_64-manylinux_2_28"
 INSTALL_ROOT = "/opt/meadow"
 AGENT_HOME = "/var/lib/meadow"
 
 
-def _runtime_distributions() -> list[str]:
-    """Meadow's own (non-extra) dependencies plus the agent's, by distribution name."""
+def _runtime_distributions(extras: tuple[str, ...]) -> list[str]:
+    """Meadow's own (non-extra) dependencies plus the cloud's (``extras``), by name."""
     names = []
     for requirement in importlib.metadata.requires("meadow") or []:
         if "extra ==" not in requirement:
             names.append(re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0])
-    return [*names, *AGENT_EXTRAS]
+    return [*names, *extras]
 
 
-def _pins() -> list[str]:
+def _pins(extras: tuple[str, ...]) -> list[str]:
     pins = []
-    for name in _runtime_distributions():
+    for name in _runtime_distributions(extras):
         try:
             pins.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError as exc:
             raise RuntimeError(
-                f"{name} is not installed here; install meadow[aws] to launch EC2 instances"
+                f"{name} is not installed here; install it to launch machines in this cloud"
             ) from exc
     return pins
 
 
 def _package_files() -> list[Path]:
-    package = Path(__file__).resolve().parents[2]
+    package = Path(__file__).resolve().parents[1]
     return sorted(
         p
         for p in package.rglob("*")
@@ -69,22 +66,22 @@ def _package_files() -> list[Path]:
 
 
 @functools.cache
-def bundle_key() -> str:
+def bundle_key(extras: tuple[str, ...]) -> str:
     """The store key of this caller's bundle: a hash of Python, pins and Meadow's code
     (once per process: neither changes while it runs)."""
     digest = hashlib.sha256()
     digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
-    digest.update("\n".join(_pins()).encode())
-    package = Path(__file__).resolve().parents[2]
+    digest.update("\n".join(_pins(extras)).encode())
+    package = Path(__file__).resolve().parents[1]
     for path in _package_files():
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return f"bootstrap/{digest.hexdigest()}.tar.gz"
 
 
-def build_bundle() -> tuple[str, Path]:
+def build_bundle(extras: tuple[str, ...]) -> tuple[str, Path]:
     """Build (or reuse from the local cache) the bundle; returns its key and file."""
-    key = bundle_key()
+    key = bundle_key(extras)
     cache = Path(platformdirs.user_cache_dir("meadow")) / "bootstrap"
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / key.rsplit("/", 1)[-1]
@@ -106,12 +103,12 @@ def build_bundle() -> tuple[str, Path]:
                     version,
                     "--python-platform",
                     INSTANCE_PLATFORM,
-                    *_pins(),
+                    *_pins(extras),
                 ],
                 check=True,
                 capture_output=True,
             )
-            package = Path(__file__).resolve().parents[2]
+            package = Path(__file__).resolve().parents[1]
             partial = Path(tmp) / "bundle.tar.gz"
             with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
                 tar.add(lib, arcname="lib")
@@ -128,22 +125,22 @@ def build_bundle() -> tuple[str, Path]:
     return key, target
 
 
-def publish(store: ObjectStore) -> str:
+def publish(store: ObjectStore, extras: tuple[str, ...]) -> str:
     """Make sure the bundle is in ``store``; returns its key (uploads only if missing)."""
-    key, path = build_bundle()
+    key, path = build_bundle(extras)
     if not store.exists(key):
-        store.put(key, path.read_bytes())
+        store.put_file(key, path)
     return key
 
 
-def user_data(bundle_url: str, agent_arguments: Mapping[str, str]) -> str:
-    """The boot script: fetch and unpack the bundle, then start the instance agent
-    detached (cloud-init must not wait for it), logging to the console and a file."""
+def boot_script(bundle_url: str, agent_module: str, agent_arguments: Mapping[str, str]) -> str:
+    """The boot script: fetch and unpack the bundle, then start ``agent_module``
+    detached (cloud-init must not wait for it), logging to a file."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     version_tuple = (sys.version_info.major, sys.version_info.minor)
     arguments = " ".join(f"--{k} {shlex.quote(v)}" for k, v in sorted(agent_arguments.items()))
     return f"""#!/bin/bash
-# Meadow instance bootstrap: installs the agent bundle and starts the agent.
+# Meadow machine bootstrap: installs the agent bundle and starts the agent.
 set -euo pipefail
 mkdir -p {INSTALL_ROOT} {AGENT_HOME}
 python3 - <<'PY'
@@ -167,7 +164,7 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != {version_tuple})';
     uv python install {version}
     PYTHON="$(uv python find {version})"
 fi
-setsid nohup "$PYTHON" -m meadow_core.clouds.aws.instance_agent {arguments} \\
+setsid nohup "$PYTHON" -m {agent_module} {arguments} \\
     >>{AGENT_HOME}/instance-agent.log 2>&1 </dev/null &
 echo "meadow agent started"
 """
