@@ -20,8 +20,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-import meadow_core
-from meadow_core import protocol
+from meadow_core import _runtime, protocol
 from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
 from meadow_core.agent.processes import (
     MemorySampler,
@@ -267,12 +266,12 @@ class Agent:
             self._cancel_job(message["job_id"])
         elif op == "hello":
             version = message.get("version")
-            if version != meadow_core.__version__ and not self.retiring:
+            if version != _runtime.__version__ and not self.retiring:
                 log.info(
                     "a caller runs Meadow %s, this agent %s: finishing running tasks, then "
                     "exiting so an agent of the caller's version takes over",
                     version,
-                    meadow_core.__version__,
+                    _runtime.__version__,
                 )
                 self.retiring = True
         elif op == "status":
