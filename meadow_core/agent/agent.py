@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from meadow_core import _runtime, protocol
-from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
+from meadow_core.agent.capacity import Capacity, Reservations
 from meadow_core.agent.processes import (
     MemorySampler,
     OutputPump,
@@ -35,6 +35,7 @@ from meadow_core.code_snapshot import CodeSnapshot, materialize
 from meadow_core.envcache import ensure_environment
 from meadow_core.place import LocalPlace
 from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import DEFAULT_TASK_CPU
 
 log = logging.getLogger("meadow.agent")
 

@@ -24,12 +24,12 @@ from typing import Any
 import filelock
 
 from meadow_core import _runtime, protocol
-from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity
+from meadow_core.agent.capacity import Capacity
 from meadow_core.errors import AgentUnavailableError
 from meadow_core.hosts.base import Host
 from meadow_core.place import LocalPlace, default_home
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
-from meadow_core.resources import Resources
+from meadow_core.resources import DEFAULT_TASK_CPU, Resources
 from meadow_core.watch import JobWatch
 
 #: Seconds an agent waits without work before it exits.
