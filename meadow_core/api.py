@@ -20,7 +20,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from meadow_core import pickling, protocol
 from meadow_core._portal import portal
@@ -704,18 +704,176 @@ async def run_map_as_completed(
 
 
 # -- synchronous twins ---------------------------------------------------------------------
+# Overloads give a caller's type checker what comes back: the function's value, the
+# map's list, a ``JobCompletion``, or a ``JobHandle`` with ``wait_for_result=False``.
 
 
+@overload
+def run_function_sync(
+    function: Callable[..., _T],
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: Literal[True] = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> _T: ...
+@overload
+def run_function_sync(
+    function: str,
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: Literal[True] = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> Any: ...
+@overload
+def run_function_sync(
+    function: Callable[..., Any] | str,
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    *,
+    wait_for_result: Literal[False],
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> JobHandle: ...
+@overload
+def run_function_sync(
+    function: Callable[..., Any] | str,
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: bool = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> Any: ...
 def run_function_sync(function: Callable[..., _T] | str, *args: Any, **kwargs: Any) -> Any:
     """``run_function`` for synchronous code; same arguments."""
     return portal.call(run_function(function, *args, **kwargs))
 
 
+@overload
+def run_command_sync(
+    args: str | Sequence[str],
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    context_variables: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: Literal[True] = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+    check: bool = True,
+) -> JobCompletion[None]: ...
+@overload
+def run_command_sync(
+    args: str | Sequence[str],
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    context_variables: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    *,
+    wait_for_result: Literal[False],
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+    check: bool = True,
+) -> JobHandle: ...
+@overload
+def run_command_sync(
+    args: str | Sequence[str],
+    host: Host | None = None,
+    resources: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    context_variables: dict[str, Any] | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: bool = True,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+    check: bool = True,
+) -> Any: ...
 def run_command_sync(args: str | Sequence[str], *rest: Any, **kwargs: Any) -> Any:
     """``run_command`` for synchronous code; same arguments."""
     return portal.call(run_command(args, *rest, **kwargs))
 
 
+@overload
+def run_map_sync(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None = None,
+    resources_per_task: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    num_concurrent_tasks: int | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: Literal[True] = True,
+    max_num_task_attempts: int = 1,
+    retry_with_more_memory: bool = False,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> list[_U]: ...
+@overload
+def run_map_sync(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None = None,
+    resources_per_task: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    num_concurrent_tasks: int | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    *,
+    wait_for_result: Literal[False],
+    max_num_task_attempts: int = 1,
+    retry_with_more_memory: bool = False,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> JobHandle | None: ...  # None for an empty ``args``: there is no job
+@overload
+def run_map_sync(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None = None,
+    resources_per_task: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    num_concurrent_tasks: int | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    wait_for_result: bool = True,
+    max_num_task_attempts: int = 1,
+    retry_with_more_memory: bool = False,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
+) -> Any: ...
 def run_map_sync(
     function: Callable[[_T], _U], args: Sequence[_T], *rest: Any, **kwargs: Any
 ) -> Any:
@@ -724,10 +882,37 @@ def run_map_sync(
 
 
 def run_map_as_completed_sync(
-    function: Callable[[_T], _U], args: Sequence[_T], *rest: Any, **kwargs: Any
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None = None,
+    resources_per_task: Resources | None = None,
+    deployment: Deployment | Awaitable[Deployment] | None = None,
+    num_concurrent_tasks: int | None = None,
+    sidecar_containers: object = None,
+    ports: object = None,
+    max_num_task_attempts: int = 1,
+    retry_with_more_memory: bool = False,
+    *,
+    job_id: str | None = None,
+    timeout_seconds: float | None = None,
 ) -> Iterator[TaskResult[_U]]:
     """``run_map_as_completed`` for synchronous code: a plain iterator."""
-    return portal.iterate(run_map_as_completed(function, args, *rest, **kwargs))
+    return portal.iterate(
+        run_map_as_completed(
+            function,
+            args,
+            host,
+            resources_per_task,
+            deployment,
+            num_concurrent_tasks,
+            sidecar_containers,
+            ports,
+            max_num_task_attempts,
+            retry_with_more_memory,
+            job_id=job_id,
+            timeout_seconds=timeout_seconds,
+        )
+    )
 
 
 def wait_for_job_sync(

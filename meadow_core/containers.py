@@ -31,7 +31,7 @@ from typing import Any
 import filelock
 import platformdirs
 
-import meadow_core
+from meadow_core import _runtime
 from meadow_core.container_interpreters import ContainerImageSpec
 from meadow_core.errors import InvalidRequestError, MeadowError
 from meadow_core.interpreters import EnvironmentSpec, uv_binary
@@ -346,14 +346,6 @@ def image_for(spec: EnvironmentSpec) -> str:
 # -- the worker runtime mounted into every container -----------------------------------
 
 
-def _meadow_core_digest() -> str:
-    digest = hashlib.sha256()
-    root = Path(meadow_core.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 _runtime_cache: dict[Path, Path] = {}
 
 
@@ -369,7 +361,7 @@ def worker_runtime(cache_root: Path) -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     pins = sorted(meadow_runtime_requirements())
     key = hashlib.sha256(
-        "\n".join([version, platform.machine(), _meadow_core_digest(), *pins]).encode()
+        "\n".join([version, platform.machine(), _runtime.runtime_id(), *pins]).encode()
     ).hexdigest()[:24]
     target = cache_root / key
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -387,7 +379,7 @@ def worker_runtime(cache_root: Path) -> Path:
                     ]
                 )  # fmt: skip
                 shutil.copytree(
-                    Path(meadow_core.__file__).parent,
+                    _runtime.PACKAGE_ROOT,
                     staging / "core" / "meadow_core",
                     ignore=shutil.ignore_patterns("__pycache__"),
                 )

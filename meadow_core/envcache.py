@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import importlib.metadata
 import io
 import itertools
@@ -49,7 +48,7 @@ from typing import Any
 
 import filelock
 
-import meadow_core
+from meadow_core import _runtime
 from meadow_core.errors import InvalidRequestError
 from meadow_core.interpreters import MEADOW_INTERPRETER, EnvironmentSpec
 from meadow_core.interpreters import uv_binary as _uv_on_caller
@@ -193,9 +192,7 @@ def _installed(venv: Path) -> set[str]:
 def _add_meadow_core(venv: Path) -> None:
     target = _venv_site_packages(venv) / "meadow_core"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(
-        Path(meadow_core.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(_runtime.PACKAGE_ROOT, target, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def _install(
@@ -282,17 +279,6 @@ def _closest(cache_root: Path, wanted: dict[str, Any]) -> Path | None:
 
 def _not_seeded(folder: str, names: list[str]) -> set[str]:
     return set(_MARKERS.intersection(names))
-
-
-@functools.cache
-def _meadow_core_digest() -> str:
-    """What the copy of meadow_core in an environment is (an instance's agent bundle
-    carries the same files as its caller, so both compute the same digest)."""
-    root = Path(meadow_core.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def _link_or_copy(source: str, destination: str) -> None:
@@ -400,7 +386,7 @@ def entry_name(spec_key: str) -> str:
     runtime it carries. An environment holds a copy of ``meadow_core``, so after an
     upgrade an old one would run an old worker beside a new agent; instead the new
     runtime gets its own entry (derived from the old one when the pins are exact)."""
-    return f"{spec_key.rsplit('/', 1)[-1]}-{_meadow_core_digest()[:16]}"
+    return f"{spec_key.rsplit('/', 1)[-1]}-{_runtime.runtime_id()[:16]}"
 
 
 def packed_key(spec_key: str, suffix: str = _ZSTD) -> str:

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 #: Below this a Python worker cannot even start with its imports.
 MIN_MEMORY_GB = 0.05
 
+#: CPUs a task asks for when its Resources leave ``logical_cpu`` unset.
+DEFAULT_TASK_CPU = 1.0
+
 
 def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:

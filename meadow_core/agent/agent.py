@@ -20,9 +20,8 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-import meadow_core
-from meadow_core import protocol, retries
-from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity, Reservations
+from meadow_core import _runtime, protocol, retries
+from meadow_core.agent.capacity import Capacity, Reservations
 from meadow_core.agent.processes import (
     MemorySampler,
     OutputPump,
@@ -36,6 +35,7 @@ from meadow_core.code_snapshot import CodeSnapshot, materialize
 from meadow_core.envcache import ensure_environment
 from meadow_core.place import LocalPlace
 from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.resources import DEFAULT_TASK_CPU
 
 log = logging.getLogger("meadow.agent")
 
@@ -264,12 +264,12 @@ class Agent:
             self._cancel_job(message["job_id"])
         elif op == "hello":
             version = message.get("version")
-            if version != meadow_core.__version__ and not self.retiring:
+            if version != _runtime.__version__ and not self.retiring:
                 log.info(
                     "a caller runs Meadow %s, this agent %s: finishing running tasks, then "
                     "exiting so an agent of the caller's version takes over",
                     version,
-                    meadow_core.__version__,
+                    _runtime.__version__,
                 )
                 self.retiring = True
         elif op == "status":

@@ -10,10 +10,8 @@ from pathlib import Path
 import psutil
 
 from meadow_core.errors import UnsatisfiableResourcesError
+from meadow_core.resources import DEFAULT_TASK_CPU as DEFAULT_TASK_CPU  # clouds.aws uses it
 from meadow_core.resources import Resources
-
-#: CPUs a task asks for when its Resources leave ``logical_cpu`` unset.
-DEFAULT_TASK_CPU = 1.0
 
 
 def _cpu_flags() -> frozenset[str]:

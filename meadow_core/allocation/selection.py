@@ -15,9 +15,8 @@ import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import NamedTuple
 
-from meadow_core.agent.capacity import DEFAULT_TASK_CPU
 from meadow_core.errors import MeadowError, UnsatisfiableResourcesError
-from meadow_core.resources import Resources
+from meadow_core.resources import DEFAULT_TASK_CPU, Resources
 
 #: Spot types whose cost per worker is within this fraction of the cheapest are
 #: interchangeable: launches are spread over them so one capacity shortage or one

@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from meadow_core.agent.capacity import DEFAULT_TASK_CPU
 from meadow_core.allocation.selection import NoCapacityError, Offer, Plan, WarmInstance, select
 from meadow_core.fleet.ports import Compute
 from meadow_core.fleet.registry import InstanceRecord, InstanceRegistry
@@ -26,7 +25,7 @@ from meadow_core.protocol import JobSpec
 from meadow_core.remote import messages
 from meadow_core.remote.caller import RemoteHost
 from meadow_core.remote.ports import QueueGone
-from meadow_core.resources import Resources
+from meadow_core.resources import DEFAULT_TASK_CPU, Resources
 
 log = logging.getLogger("meadow.fleet")
 

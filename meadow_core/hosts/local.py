@@ -23,14 +23,13 @@ from typing import Any
 
 import filelock
 
-import meadow_core
-from meadow_core import protocol
-from meadow_core.agent.capacity import DEFAULT_TASK_CPU, Capacity
+from meadow_core import _runtime, protocol
+from meadow_core.agent.capacity import Capacity
 from meadow_core.errors import AgentUnavailableError
 from meadow_core.hosts.base import Host
 from meadow_core.place import LocalPlace, default_home
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
-from meadow_core.resources import Resources
+from meadow_core.resources import DEFAULT_TASK_CPU, Resources
 from meadow_core.watch import JobWatch
 
 #: Seconds an agent waits without work before it exits.
@@ -62,7 +61,7 @@ class _Connection:
             )
             self.reader_task = asyncio.ensure_future(self._read(self.reader))
             # An agent of another Meadow version (from before an upgrade) retires.
-            self._send({"op": "hello", "version": meadow_core.__version__})
+            self._send({"op": "hello", "version": _runtime.__version__})
             for job_id, (_, logs) in self.watches.items():
                 if job_id not in self.pending_watches:  # those go with their doorbell
                     self._send({"op": "watch", "job_id": job_id, "logs": logs, "new": True})
@@ -253,7 +252,7 @@ class LocalHost(Host):
         return True
 
     def _launch_agent(self) -> None:
-        package_root = str(Path(meadow_core.__file__).resolve().parent.parent)
+        package_root = str(_runtime.PACKAGE_ROOT.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         command = [

@@ -13,9 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
-from meadow_core.remote.mirror import StoreMirror
 from meadow_core.clouds.aws.session import AwsConfigurationError
 from meadow_core.clouds.aws.store import ObjectNotFoundError, S3ObjectStore
+from meadow_core.remote.mirror import StoreMirror
 from meadow_core.transport.local import LocalObjectStore
 
 

@@ -30,6 +30,7 @@ from meadow_core import (
     PoetryProjectPath,
     PreinstalledInterpreter,
     UvProjectPath,
+    _runtime,
     envcache,
     interpreters,
     run_function_sync,
@@ -536,7 +537,7 @@ def test_an_environment_built_by_another_meadow_is_not_reused_as_is(
     old_archive = envcache.stored_archive(spec.key, store)
     assert old_archive is not None
 
-    monkeypatch.setattr(envcache, "_meadow_core_digest", lambda: "f" * 64)
+    monkeypatch.setattr(_runtime, "runtime_id", lambda: "f" * 64)
     assert envcache.stored_archive(spec.key, store) is None, "the old archive is not offered"
     with caplog.at_level("INFO", logger="meadow.envcache"):
         new_python = ensure_environment(spec.key, store, tmp_path / "envs")
