@@ -138,6 +138,11 @@ class InstanceRecord:
         return record
 
 
+def _exact(amount: float) -> float:
+    """Free capacity without binary drift (0.1 CPU booked ten times frees exactly 1)."""
+    return round(amount, 9)
+
+
 def per_worker_amounts(per_worker: Resources) -> tuple[float, float, float]:
     """(cpu, memory, gpus) one worker books; ``None`` amounts count as 0."""
     return (
@@ -260,9 +265,9 @@ class VersionedInstanceRegistry(InstanceRegistry):
                 gpus,
             ):
                 return False
-            record.free_logical_cpu = (record.free_logical_cpu or 0) - cpu * workers
-            record.free_memory_gb = (record.free_memory_gb or 0) - memory * workers
-            record.free_gpus = (record.free_gpus or 0) - gpus * workers
+            record.free_logical_cpu = _exact((record.free_logical_cpu or 0) - cpu * workers)
+            record.free_memory_gb = _exact((record.free_memory_gb or 0) - memory * workers)
+            record.free_gpus = _exact((record.free_gpus or 0) - gpus * workers)
             record.last_activity = time.time()
             record.allocations[job_id] = Allocation(
                 workers=workers + (held["workers"] if held else 0),
@@ -280,9 +285,11 @@ class VersionedInstanceRegistry(InstanceRegistry):
             if held is None:
                 return False
             count = held["workers"] if workers is None else min(workers, held["workers"])
-            record.free_logical_cpu = (record.free_logical_cpu or 0) + held["logical_cpu"] * count
-            record.free_memory_gb = (record.free_memory_gb or 0) + held["memory_gb"] * count
-            record.free_gpus = (record.free_gpus or 0) + held["gpus"] * count
+            record.free_logical_cpu = _exact(
+                (record.free_logical_cpu or 0) + held["logical_cpu"] * count
+            )
+            record.free_memory_gb = _exact((record.free_memory_gb or 0) + held["memory_gb"] * count)
+            record.free_gpus = _exact((record.free_gpus or 0) + held["gpus"] * count)
             record.last_activity = time.time()
             if count >= held["workers"]:
                 del record.allocations[job_id]
