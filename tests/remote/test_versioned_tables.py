@@ -13,18 +13,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from memory_table import MemoryVersionedTable  # noqa: E402
+from memory_table import MemoryVersionedTable
 
-from meadow_core.allocation.selection import Offer  # noqa: E402
-from meadow_core.fleet.registry import (  # noqa: E402
+from meadow_core.allocation.selection import Offer
+from meadow_core.fleet.registry import (
     RUNNING,
     TERMINATING,
     InstanceRecord,
     VersionedInstanceRegistry,
 )
-from meadow_core.protocol import JOB_CANCELLED, JOB_RUNNING, JOB_SUCCEEDED  # noqa: E402
-from meadow_core.remote.jobs import VersionedJobTable  # noqa: E402
-from meadow_core.resources import Resources  # noqa: E402
+from meadow_core.protocol import JOB_CANCELLED, JOB_RUNNING, JOB_SUCCEEDED
+from meadow_core.remote.jobs import VersionedJobTable
+from meadow_core.resources import Resources
 
 WORKER = Resources(logical_cpu=1, memory_gb=2)
 
@@ -104,11 +104,19 @@ def test_an_idle_machine_and_an_allocating_caller_never_both_win(
         results: dict[str, bool] = {}
         start = threading.Barrier(2)
 
-        def allocate(machine: str = machine) -> None:
+        def allocate(
+            machine: str = machine,
+            start: threading.Barrier = start,
+            results: dict[str, bool] = results,
+        ) -> None:
             start.wait()
             results["caller"] = registry.try_allocate(machine, "job", 1, WORKER)
 
-        def end(machine: str = machine) -> None:
+        def end(
+            machine: str = machine,
+            start: threading.Barrier = start,
+            results: dict[str, bool] = results,
+        ) -> None:
             start.wait()
             results["machine"] = registry.mark_terminating_if_idle(machine)
 
