@@ -57,7 +57,6 @@ if _REPO_ROOT not in sys.path:
 
 # The benchmarks' shared report helper (this folder is on sys.path when run as a script).
 from core_overhead import meadow_revision  # noqa: E402
-from meadow_devcloud import netns  # noqa: E402
 from meadow_devcloud.moto import MotoServer  # noqa: E402
 from meadow_devcloud.simulator import (  # noqa: E402
     DevCloud,
@@ -65,6 +64,7 @@ from meadow_devcloud.simulator import (  # noqa: E402
     check_host,
     prefix_for,
 )
+from meadow_devcloud.vm import netns  # noqa: E402
 
 import meadow_core as mc  # noqa: E402
 from meadow_core.clouds.aws import admin, session  # noqa: E402

@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 import platformdirs
 
-from meadow_devcloud import procs
 from meadow_devcloud.moto import DEFAULT_REGION
 from meadow_devcloud.simulator import (
     DevCloud,
@@ -28,6 +27,7 @@ from meadow_devcloud.simulator import (
     cleanup,
     read_state,
 )
+from meadow_devcloud.vm import procs
 
 DEFAULT_STATE_DIR = Path(platformdirs.user_state_dir("meadow")) / "devcloud"
 

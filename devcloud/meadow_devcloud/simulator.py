@@ -33,16 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meadow_devcloud import netns, procs
-from meadow_devcloud.bridge import Bridge
 from meadow_devcloud.imds import Identity, Imds, interruption_notice
 from meadow_devcloud.moto import DEFAULT_REGION, MotoServer, client_env
+from meadow_devcloud.vm import netns, procs
+from meadow_devcloud.vm.bridge import Bridge
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "devcloud.json"
 MANAGED_TAG = "meadow:managed"
-VMINIT = str(Path(__file__).with_name("vminit.py"))
+VMINIT = str(Path(__file__).parent / "vm" / "vminit.py")
 # Directories each VM gets its own copy of (bound over the host's), and private tmpfs.
 PRIVATE_DIRS = (
     "/tmp",

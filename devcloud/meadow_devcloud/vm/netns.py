@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 
-from meadow_devcloud.procs import kill_netns_processes
+from meadow_devcloud.vm.procs import kill_netns_processes
 
 PREFIX = "mdw-"
 IMDS_ADDRESS = "169.254.169.254"
