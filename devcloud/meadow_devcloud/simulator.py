@@ -205,7 +205,7 @@ class DevCloud:
         self._done: set[str] = set()  # instances whose VM existed and ended
         self._lock = threading.RLock()
         self._stopping = threading.Event()
-        self._bridge = Bridge(moto.host, moto.port)
+        self._bridge = Bridge()
         import boto3  # here, so `devcloud status/stop/interrupt` start fast
 
         # The simulator is the cloud, not a client: it talks to its own moto explicitly.
@@ -483,7 +483,8 @@ class DevCloud:
                 vm_dir / "imds.log",
             )
             imds.start()
-            self._bridge.add(instance_id, netns.listening_socket(name, "127.0.0.1", self.moto.port))
+            listener = netns.listening_socket(name, "127.0.0.1", self.moto.port)
+            self._bridge.add(instance_id, listener, (self.moto.host, self.moto.port))
             with open(console, "ab") as output:
                 # Spawned from the poller thread: if the simulator dies, so does the VM.
                 process = subprocess.Popen(
