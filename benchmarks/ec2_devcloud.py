@@ -57,7 +57,7 @@ if _REPO_ROOT not in sys.path:
 
 # The benchmarks' shared report helper (this folder is on sys.path when run as a script).
 from core_overhead import meadow_revision  # noqa: E402
-from meadow_devcloud.moto import MotoServer  # noqa: E402
+from meadow_devcloud.ec2.moto import MotoServer  # noqa: E402
 from meadow_devcloud.simulator import (  # noqa: E402
     DevCloud,
     DevCloudError,

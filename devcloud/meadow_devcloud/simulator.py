@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meadow_devcloud.imds import Identity, Imds, interruption_notice
-from meadow_devcloud.moto import DEFAULT_REGION, MotoServer, client_env
+from meadow_devcloud.ec2.imds import Identity, Imds, interruption_notice
+from meadow_devcloud.ec2.moto import DEFAULT_REGION, MotoServer, client_env
 from meadow_devcloud.vm import netns, procs
 from meadow_devcloud.vm.bridge import Bridge
 

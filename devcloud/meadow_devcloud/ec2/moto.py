@@ -107,7 +107,7 @@ class MotoServer:
                 [
                     sys.executable,
                     "-m",
-                    "meadow_devcloud.moto_serialized",
+                    "meadow_devcloud.ec2.moto_serialized",
                     "-H",
                     host,
                     "-p",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from meadow_core.clouds.aws import admin, session
-from meadow_devcloud.moto import DEFAULT_REGION
+from meadow_devcloud.ec2.moto import DEFAULT_REGION
 from meadow_devcloud.simulator import DevCloud, DevCloudError
 from meadow_devcloud.vm import netns
 

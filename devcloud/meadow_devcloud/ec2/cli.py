@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import platformdirs
 
-from meadow_devcloud.moto import DEFAULT_REGION
+from meadow_devcloud.ec2.moto import DEFAULT_REGION
 from meadow_devcloud.simulator import (
     DevCloud,
     DevCloudError,
