@@ -57,14 +57,10 @@ if _REPO_ROOT not in sys.path:
 
 # The benchmarks' shared report helper (this folder is on sys.path when run as a script).
 from core_overhead import meadow_revision  # noqa: E402
-from meadow_devcloud import netns  # noqa: E402
-from meadow_devcloud.moto import MotoServer  # noqa: E402
-from meadow_devcloud.simulator import (  # noqa: E402
-    DevCloud,
-    DevCloudError,
-    check_host,
-    prefix_for,
-)
+from meadow_devcloud.ec2 import DevCloud, DevCloudError  # noqa: E402
+from meadow_devcloud.ec2.moto import MotoServer  # noqa: E402
+from meadow_devcloud.vm import netns  # noqa: E402
+from meadow_devcloud.vm.simulator import check_host, prefix_for  # noqa: E402
 
 import meadow_core as mc  # noqa: E402
 from meadow_core.clouds.aws import admin, session  # noqa: E402
@@ -255,7 +251,7 @@ def dev_cloud(work: Path, counter: ApiCounter) -> Iterator[tuple[DevCloud, MotoL
     try:
         cloud = DevCloud.start(state_dir, moto_url=moto.url)
         # The simulator is the cloud, not Meadow: its polling is counted to be subtracted.
-        for client in (*cloud._ec2.values(), cloud._iam):
+        for client in cloud.instances.clients():
             client.meta.events.register("before-call", counter.hook("simulator"))
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
             os.environ.pop(name, None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from meadow_devcloud.simulator import DevCloudError, check_host
+from meadow_devcloud.vm.simulator import DevCloudError, check_host
 
 
 def require_vm_host() -> None:

@@ -1,10 +1,6 @@
-"""The dev cloud: moto in server mode plus a simulator that boots its instances as local VMs.
+"""The dev cloud: an emulated cloud plus a simulator that boots its instances as local VMs.
 
-See `simulator` for what a VM is; `cli.devcloud` is the click group mounted as
-`meadow aws devcloud`.
+`vm` is the cloud-neutral part (a VM as a network namespace, the simulator, and the
+interface a cloud's emulation implements); `ec2` is EC2 on moto (`ec2.DevCloud`,
+`ec2.cli.devcloud` mounted as `meadow aws devcloud`). See devcloud/README.md.
 """
-
-from meadow_devcloud.moto import MotoServer, client_env
-from meadow_devcloud.simulator import DevCloud, DevCloudError, cleanup
-
-__all__ = ["DevCloud", "DevCloudError", "MotoServer", "cleanup", "client_env"]

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meadow_devcloud import netns
-from meadow_devcloud.moto import DEFAULT_REGION, MotoServer
-from meadow_devcloud.simulator import DevCloud
+from meadow_devcloud.ec2 import DevCloud
+from meadow_devcloud.ec2.moto import DEFAULT_REGION, MotoServer
+from meadow_devcloud.vm import netns
 
 from tests.devcloud_guard import require_vm_host
 

@@ -21,8 +21,8 @@ from typing import Any
 import boto3
 import psutil
 import pytest
-from meadow_devcloud import netns, procs
-from meadow_devcloud.simulator import DevCloud, DevCloudError, cleanup
+from meadow_devcloud.ec2 import DevCloud, DevCloudError, cleanup
+from meadow_devcloud.vm import netns, procs
 
 PYTHON = sys.executable  # has boto3; the VMs see the host's Python read-only
 TAGS = [{"ResourceType": "instance", "Tags": [{"Key": "meadow:managed", "Value": "true"}]}]

@@ -21,7 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
-from meadow_devcloud.simulator import DevCloud
+from meadow_devcloud.ec2 import DevCloud
 
 import meadow_core as mc
 from meadow_core.clouds.aws import admin, names, session

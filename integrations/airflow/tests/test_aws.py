@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import load_dag, run_dag
-from meadow_devcloud.installed import credentials, installed_devcloud
-from meadow_devcloud.simulator import DevCloud
+from meadow_devcloud.ec2 import DevCloud
+from meadow_devcloud.ec2.installed import credentials, installed_devcloud
 
 from tests.devcloud_guard import require_vm_host
 

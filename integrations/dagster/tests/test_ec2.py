@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster_jobs as jobs
 import pytest
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
-from meadow_devcloud.installed import installed_devcloud
-from meadow_devcloud.simulator import DevCloud
+from meadow_devcloud.ec2 import DevCloud
+from meadow_devcloud.ec2.installed import installed_devcloud
 
 from meadow_core import get_job_sync
 from meadow_core.clouds.aws.host import AllocEC2Instance

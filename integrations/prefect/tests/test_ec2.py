@@ -12,8 +12,8 @@ import ec2_work
 import meadow_prefect
 import pytest
 from conftest import logs_of, task_runs
-from meadow_devcloud.installed import installed_devcloud
-from meadow_devcloud.simulator import DevCloud
+from meadow_devcloud.ec2 import DevCloud
+from meadow_devcloud.ec2.installed import installed_devcloud
 from meadow_prefect import MeadowTaskRunner
 from prefect import flow, task
 from prefect.client.orchestration import SyncPrefectClient

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from meadow_devcloud.procs import die_with_parent
+from meadow_devcloud.vm.procs import die_with_parent
 
 # Without these moto accepts any instance type, AMI or key name, hiding real mistakes.
 VALIDATION_ENV = {
@@ -107,7 +107,7 @@ class MotoServer:
                 [
                     sys.executable,
                     "-m",
-                    "meadow_devcloud.moto_serialized",
+                    "meadow_devcloud.ec2.moto_serialized",
                     "-H",
                     host,
                     "-p",

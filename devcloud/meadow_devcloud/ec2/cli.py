@@ -18,16 +18,16 @@ from pathlib import Path
 import click
 import platformdirs
 
-from meadow_devcloud import procs
-from meadow_devcloud.moto import DEFAULT_REGION
-from meadow_devcloud.simulator import (
+from meadow_devcloud.ec2.devcloud import (
+    STATE_FILE,
     DevCloud,
-    DevCloudError,
     announce_interruption,
-    check_host,
     cleanup,
     read_state,
 )
+from meadow_devcloud.ec2.moto import DEFAULT_REGION
+from meadow_devcloud.vm import procs
+from meadow_devcloud.vm.simulator import DevCloudError, check_host
 
 DEFAULT_STATE_DIR = Path(platformdirs.user_state_dir("meadow")) / "devcloud"
 
@@ -78,7 +78,7 @@ def start(
     state = _running(state_dir)
     if state is None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "devcloud.json").unlink(missing_ok=True)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
         command = [sys.executable, "-m", "meadow_devcloud", "run"]
         command += ["--state-dir", str(state_dir), "--port", str(port)]
         for region in regions:

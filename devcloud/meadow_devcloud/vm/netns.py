@@ -1,8 +1,9 @@
 """Network namespaces for simulated VMs: only `lo` up, no route out.
 
-Sockets that the simulator serves inside a VM (the moto bridge, the fake IMDS) are
-created by a short-lived thread that joins the namespace with setns(2); the namespace
-of a socket is fixed at creation, so the simulator can then serve them from any thread.
+Sockets that the simulator serves inside a VM (the bridge to the cloud's services, the
+metadata service) are created by a short-lived thread that joins the namespace with
+setns(2); the namespace of a socket is fixed at creation, so the simulator can then
+serve them from any thread.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import socket
 import subprocess
 import threading
 
-from meadow_devcloud.procs import kill_netns_processes
+from meadow_devcloud.vm.procs import kill_netns_processes
 
 PREFIX = "mdw-"
-IMDS_ADDRESS = "169.254.169.254"
+# Where instances find their metadata service on EC2, Azure and GCP alike.
+METADATA_ADDRESS = "169.254.169.254"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -36,11 +38,11 @@ def _ip(*args: str) -> None:
 
 
 def create(name: str) -> None:
-    """A namespace with loopback up and the link-local IMDS address on it."""
+    """A namespace with loopback up and the link-local metadata address on it."""
     _ip("netns", "add", name)
     try:
         # One `ip -batch` instead of two processes keeps boot fast.
-        batch = f"link set lo up\naddr add {IMDS_ADDRESS}/32 dev lo\n"
+        batch = f"link set lo up\naddr add {METADATA_ADDRESS}/32 dev lo\n"
         result = subprocess.run(
             ["ip", "-n", name, "-batch", "-"], input=batch, capture_output=True, text=True
         )

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from meadow_core.clouds.aws import admin, session
-from meadow_devcloud import netns
-from meadow_devcloud.moto import DEFAULT_REGION
-from meadow_devcloud.simulator import DevCloud, DevCloudError
+from meadow_devcloud.ec2.devcloud import DevCloud
+from meadow_devcloud.ec2.moto import DEFAULT_REGION
+from meadow_devcloud.vm import netns
+from meadow_devcloud.vm.simulator import DevCloudError
 
 
 def credentials(cloud: DevCloud, region: str = DEFAULT_REGION) -> session.AwsCredentials:

@@ -1,4 +1,4 @@
-"""``python -m meadow_devcloud.moto_serialized``: moto's server with DynamoDB
+"""``python -m meadow_devcloud.ec2.moto_serialized``: moto's server with DynamoDB
 requests applied one at a time.
 
 moto checks a DynamoDB condition expression and applies the write as two steps with

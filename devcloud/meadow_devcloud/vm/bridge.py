@@ -1,9 +1,12 @@
-"""The loopback bridge: a VM reaches moto at the same URL the host uses, and nothing else.
+"""The loopback bridge: a VM reaches the emulated cloud at the URLs the host uses, and
+nothing else.
 
-Each VM gets a listener on 127.0.0.1:<moto port> inside its own namespace; every
-connection accepted there is forwarded to moto on the host's loopback. Because the
-simulator process holds sockets in both namespaces it forwards directly (no socat, no
-unix-socket hop), and the only destination it ever dials is moto's own address.
+For each of the cloud's services (moto; Azurite's blob, queue and table ports ...) a VM
+gets a listener on 127.0.0.1:<the service's port> inside its own namespace; every
+connection accepted there is forwarded to that service on the host's loopback. Because
+the simulator process holds sockets in both namespaces it forwards directly (no socat,
+no unix-socket hop), and the only destinations it ever dials are the services' own
+addresses.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from typing import Any
 
 
 class Bridge:
-    """One event-loop thread forwarding all VMs' listeners to a single target."""
+    """One event-loop thread forwarding all VMs' listeners, each to its own target."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="devcloud-bridge", daemon=True)
-        self._servers: dict[str, asyncio.Server] = {}
+        self._servers: dict[str, list[asyncio.Server]] = {}
         self._writers: dict[str, set[asyncio.StreamWriter]] = {}
 
     def start(self) -> None:
@@ -38,12 +40,15 @@ class Bridge:
         future: Future[None] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         future.result(timeout=10)
 
-    def add(self, key: str, listener: socket.socket) -> None:
-        """Serve `listener` (already bound inside a VM) until remove(key)."""
-        self._call(self._add(key, listener))
+    def add(self, key: str, listener: socket.socket, target: tuple[str, int]) -> None:
+        """Forward `listener` (already bound inside a VM) to `target` until remove(key).
+
+        A VM (`key`) may have several listeners, one per service it reaches.
+        """
+        self._call(self._add(key, listener, target))
 
     def remove(self, key: str) -> None:
-        """Close the VM's listener and cut its open connections (the machine is gone)."""
+        """Close the VM's listeners and cut its open connections (the machine is gone)."""
         if self._thread.is_alive():
             self._call(self._remove(key))
 
@@ -56,14 +61,13 @@ class Bridge:
         self._thread.join(timeout=10)
         self._loop.close()
 
-    async def _add(self, key: str, listener: socket.socket) -> None:
-        writers: set[asyncio.StreamWriter] = set()
-        self._writers[key] = writers
+    async def _add(self, key: str, listener: socket.socket, target: tuple[str, int]) -> None:
+        writers = self._writers.setdefault(key, set())
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writers.add(writer)
             try:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
+                up_reader, up_writer = await asyncio.open_connection(*target)
             except OSError:
                 writer.close()
                 writers.discard(writer)
@@ -77,15 +81,16 @@ class Bridge:
                     writers.discard(end)
 
         listener.setblocking(False)
-        self._servers[key] = await asyncio.start_server(handle, sock=listener)
+        server = await asyncio.start_server(handle, sock=listener)
+        self._servers.setdefault(key, []).append(server)
 
     async def _remove(self, key: str) -> None:
-        server = self._servers.pop(key, None)
-        if server is not None:
+        servers = self._servers.pop(key, [])
+        for server in servers:
             server.close()
         for writer in self._writers.pop(key, set()):
             writer.close()
-        if server is not None:
+        for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1)
 

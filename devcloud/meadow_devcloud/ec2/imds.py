@@ -19,6 +19,9 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+#: The notice file in a VM's directory; `spot/instance-action` serves it while it exists.
+NOTICE_FILE = "spot-instance-action.json"
+
 
 @dataclass(frozen=True)
 class Identity:
