@@ -39,16 +39,17 @@ DEFAULT_OLDER_THAN_DAYS = 30.0
 MIN_OLDER_THAN_SECONDS = 86400.0
 
 
-def job_refs(spec: JobSpec, bundle_key: str | None = None) -> list[str]:
-    """The objects a job reads from the bucket directly (a manifest and an environment
-    spec stand for the code objects and archives they name)."""
+def job_refs(spec: JobSpec, *extra: str) -> list[str]:
+    """The objects a job reads from the store directly (a manifest and an environment
+    spec stand for the code objects and archives they name), plus ``extra`` ones every
+    job of the host reads (an agent bundle)."""
     environment = spec.environment
     keys = [
         spec.function_key,
         spec.args_key,
         environment.code_manifest,
         environment.env_spec,
-        bundle_key,
+        *extra,
     ]
     return [k for k in keys if k]
 

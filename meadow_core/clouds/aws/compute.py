@@ -40,7 +40,8 @@ class Ec2Compute:
     """The fleet layer's ``Compute`` on EC2: one ``run_instances`` call per choice."""
 
     ec2: Any
-    ami_id: str
+    ssm: Any
+    ami_id: str | None  # None: the current Amazon Linux 2023, looked up when launching
     subnet_id: str | None
     security_group_ids: Sequence[str]
     instance_profile: str | None
@@ -50,7 +51,7 @@ class Ec2Compute:
         ``botocore.exceptions.ClientError`` for the caller to fall back on."""
         tags = [*names.managed_tags(), {"Key": names.JOB_TAG_KEY, "Value": job_id[:255]}]
         kwargs: dict[str, Any] = {
-            "ImageId": self.ami_id,
+            "ImageId": self.ami_id or default_ami(self.ssm),
             "InstanceType": offer.instance_type,
             "MinCount": count,
             "MaxCount": count,

@@ -19,7 +19,7 @@ from typing import Any
 from meadow_core.allocation.selection import Offer, check_satisfiable
 from meadow_core.clouds.aws import names, session
 from meadow_core.clouds.aws.catalog import Ec2Catalog
-from meadow_core.clouds.aws.compute import Ec2Compute, default_ami
+from meadow_core.clouds.aws.compute import Ec2Compute
 from meadow_core.clouds.aws.queue import SqsWorkQueue
 from meadow_core.clouds.aws.registry import DynamoRegistry
 from meadow_core.clouds.aws.store import S3ObjectStore
@@ -157,7 +157,8 @@ class AllocEC2Instance(AllocVM):
         subnet, groups = self._check_network()
         return Ec2Compute(
             ec2=self._client("ec2"),
-            ami_id=self.ami_id or default_ami(self._client("ssm")),
+            ssm=self._client("ssm"),
+            ami_id=self.ami_id,
             subnet_id=subnet,
             security_group_ids=groups,
             instance_profile=self.iam_role_instance_profile or names.INSTANCE_PROFILE_NAME,
