@@ -250,7 +250,7 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
                 is_success=False,
                 result=None,
                 exception=(
-                    "meadow.ResultNotUnpicklable",
+                    protocol.ErrorKind.RESULT_NOT_UNPICKLABLE,
                     f"the task succeeded but its result could not be unpickled here "
                     f"({type(exc).__name__}: {exc}); is its class importable in the caller?",
                     traceback.format_exc(),
@@ -258,7 +258,7 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
                 **common | {"outcome": protocol.FAILED},
             )
         return TaskResult(is_success=True, result=value, exception=None, **common)
-    error = outcome.error or ["meadow.Unknown", "the task failed", ""]
+    error = outcome.error or [protocol.ErrorKind.UNKNOWN, "the task failed", ""]
     return TaskResult(
         is_success=False, result=None, exception=(error[0], error[1], error[2]), **common
     )
@@ -303,7 +303,7 @@ async def _command_completion(
             outcome=outcome.outcome,
         )
         if check and outcome.outcome != protocol.SUCCEEDED:
-            error = outcome.error or ["meadow.CommandFailed", "the command failed", ""]
+            error = outcome.error or [protocol.ErrorKind.COMMAND_FAILED, "the command failed", ""]
             exc = TaskException(
                 error[0],
                 error[1],

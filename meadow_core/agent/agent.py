@@ -35,7 +35,7 @@ from meadow_core.agent.processes import (
 from meadow_core.code_snapshot import CodeSnapshot, materialize
 from meadow_core.envcache import ensure_environment
 from meadow_core.place import LocalPlace
-from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.protocol import Environment, ErrorKind, JobSpec, TaskMessage, TaskOutcome
 
 log = logging.getLogger("meadow.agent")
 
@@ -60,7 +60,7 @@ MEMORY_BOUND_FRACTION = 0.95
 
 _CANCELLED_WHILE_RUNNING = (
     protocol.CANCELLED,
-    "meadow.TaskCancelled",
+    ErrorKind.TASK_CANCELLED,
     "the job was cancelled while this task ran",
 )
 
@@ -189,7 +189,7 @@ class Agent:
         for running in list(self.running.values()):
             running.kill_reason = (
                 protocol.CRASHED,
-                "meadow.AgentStopped",
+                ErrorKind.AGENT_STOPPED,
                 "the Meadow agent stopped while the task ran",
             )
             if running.kill:
@@ -406,7 +406,7 @@ class Agent:
             spec,
             message,
             protocol.FAILED,
-            "meadow.UnsatisfiableResources",
+            ErrorKind.UNSATISFIABLE_RESOURCES,
             f"attempt {message.attempt} needs {cpu:g} CPUs and {memory or 0:g} GB but this "
             f"machine has {self.capacity.describe()}",
         )
@@ -521,7 +521,7 @@ class Agent:
             worker = await self._acquire_worker(running.spec.environment)
         except Exception as exc:
             self._complete(
-                running, protocol.CRASHED, error=["meadow.WorkerStartFailed", str(exc), ""]
+                running, protocol.CRASHED, error=[ErrorKind.WORKER_START_FAILED, str(exc), ""]
             )
             return
         self.worker_tasks[worker] = deque()
@@ -532,7 +532,7 @@ class Agent:
             self._complete(
                 running,
                 protocol.FAILED,
-                error=["meadow.TaskNotDelivered", f"{type(exc).__name__}: {exc}", ""],
+                error=[ErrorKind.TASK_NOT_DELIVERED, f"{type(exc).__name__}: {exc}", ""],
             )
             return
         self._begin(worker, running)
@@ -679,7 +679,7 @@ class Agent:
             self._complete(
                 running,
                 protocol.FAILED,
-                error=["meadow.CommandNotStarted", f"{spec.command[0]}: {exc}", ""],
+                error=[ErrorKind.COMMAND_NOT_STARTED, f"{spec.command[0]}: {exc}", ""],
             )
             return
         running.pid = process.pid
@@ -708,7 +708,7 @@ class Agent:
                 running,
                 protocol.FAILED,
                 error=[
-                    "meadow.CommandFailed",
+                    ErrorKind.COMMAND_FAILED,
                     f"{' '.join(spec.command)!r}: {describe_exit(returncode)}",
                     tail,
                 ],
@@ -723,7 +723,7 @@ class Agent:
         self._complete(
             running,
             protocol.CRASHED,
-            error=["meadow.WorkerCrashed", f"the worker running this task died: {how}", ""],
+            error=[ErrorKind.WORKER_CRASHED, f"the worker running this task died: {how}", ""],
         )
 
     def _complete(
@@ -781,8 +781,9 @@ class Agent:
             base_memory = spec.resources.get("memory_gb")
             if spec.retry_with_more_memory and base_memory and running is not None:
                 limit = running.memory_gb or base_memory
+                error = result.remote_error
                 memory_bound = (
-                    result.error is not None and result.error[0] == "meadow.MemoryLimitExceeded"
+                    error is not None and error.kind == ErrorKind.MEMORY_LIMIT_EXCEEDED
                 ) or running.peak_memory_gb >= MEMORY_BOUND_FRACTION * limit
                 if memory_bound:
                     memory = float(base_memory) * (message.attempt + 1)
@@ -874,7 +875,7 @@ class Agent:
             spec,
             message,
             protocol.CANCELLED,
-            "meadow.TaskCancelled",
+            ErrorKind.TASK_CANCELLED,
             f"the job was cancelled {when}",
         )
 
@@ -912,7 +913,7 @@ class Agent:
             if running.memory_gb is not None and used > running.memory_gb:
                 running.kill_reason = (
                     protocol.CRASHED,
-                    "meadow.MemoryLimitExceeded",
+                    ErrorKind.MEMORY_LIMIT_EXCEEDED,
                     f"the task used {used:.2f} GB, more than the {running.memory_gb:g} GB it "
                     "asked for; raise Resources.memory_gb or pass retry_with_more_memory=True",
                 )
@@ -920,7 +921,7 @@ class Agent:
             if deadline is not None and now > deadline:
                 running.kill_reason = (
                     protocol.TIMEOUT,
-                    "meadow.TaskTimeout",
+                    ErrorKind.TASK_TIMEOUT,
                     f"the task ran longer than its timeout of {running.spec.timeout_seconds:g}s",
                 )
             if running.kill_reason is not None and running.kill:
