@@ -310,6 +310,7 @@ async def _command_completion(
                 error[2] or log[-4000:],
                 attempt=outcome.attempt,
                 job_id=spec.job_id,
+                outcome=outcome.outcome,
             )
             exc.completion = completion  # type: ignore[attr-defined]
             raise exc
@@ -322,7 +323,12 @@ async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> An
         result = await _task_result(host, outcome)
         if not result.is_success:
             assert result.exception is not None
-            raise TaskException(*result.exception, attempt=result.attempt, job_id=spec.job_id)
+            raise TaskException(
+                *result.exception,
+                attempt=result.attempt,
+                job_id=spec.job_id,
+                outcome=result.outcome,
+            )
         return result.result
     raise JobNotFoundError(f"job {spec.job_id} ended without a result")
 
