@@ -51,7 +51,7 @@ from meadow_core.interpreters import (
     PreinstalledInterpreter,
     UvProjectPath,
 )
-from meadow_core.protocol import JobRecord
+from meadow_core.protocol import ErrorKind, JobRecord, JobState, Outcome, RemoteError
 from meadow_core.resources import Resources
 from meadow_core.results import (
     JobCompletion,
@@ -72,6 +72,7 @@ __all__ = [
     "CondaEnvironmentFile",
     "Deployment",
     "EnvironmentSecret",
+    "ErrorKind",
     "FileSecret",
     "Host",
     "InterpreterSpecFile",
@@ -81,14 +82,17 @@ __all__ = [
     "JobHandle",
     "JobNotFoundError",
     "JobRecord",
+    "JobState",
     "LocalCondaInterpreter",
     "LocalHost",
     "LocalInterpreter",
     "LocalPipInterpreter",
     "MeadowError",
+    "Outcome",
     "PipRequirementsFile",
     "PoetryProjectPath",
     "PreinstalledInterpreter",
+    "RemoteError",
     "Resources",
     "RunMapTasksFailedException",
     "Secret",
