@@ -51,6 +51,7 @@ from meadow_core.interpreters import (
     PreinstalledInterpreter,
     UvProjectPath,
 )
+from meadow_core.logs import route_logs
 from meadow_core.protocol import ErrorKind, JobRecord, JobState, Outcome, RemoteError
 from meadow_core.resources import Resources
 from meadow_core.results import (
@@ -113,6 +114,7 @@ __all__ = [
     "list_jobs_sync",
     "read_task_log",
     "read_task_log_sync",
+    "route_logs",
     "run_command",
     "run_command_sync",
     "run_function",
