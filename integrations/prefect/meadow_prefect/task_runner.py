@@ -6,8 +6,8 @@ retries, caching, result persistence and events are all produced locally and nev
 depend on the remote machine reaching the Prefect API. Only the call of the task's
 function crosses to Meadow (``run_function``; a ``.map`` is batched into one
 ``run_map`` job). Remote output is relayed into the task run's Prefect logger; a dead
-worker or agent becomes ``Crashed``, a cancelled job ``Cancelled``, a remote exception
-``Failed`` with the remote traceback.
+worker, agent or machine becomes ``Crashed``, a cancelled job ``Cancelled``, a remote
+exception or a timeout ``Failed`` with the remote traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from meadow_core import (
     AgentUnavailableError,
     Deployment,
     Host,
+    Outcome,
     Resources,
     TaskException,
     TaskResult,
@@ -53,17 +54,6 @@ from meadow_prefect._logs import relay
 # The trampolines travel by value: a built environment on the remote side has Meadow's
 # runtime but not meadow_prefect.
 cloudpickle.register_pickle_by_value(_remote)
-
-#: Remote failure types that mean the machine or worker died, not the user's code.
-CRASH_TYPES = frozenset(
-    {
-        "meadow.WorkerCrashed",
-        "meadow.MemoryLimitExceeded",
-        "meadow.AgentStopped",
-        "meadow.WorkerStartFailed",
-    }
-)
-CANCEL_TYPES = frozenset({"meadow.TaskCancelled"})
 
 #: Seconds a partly filled ``.map`` batch waits for more elements before it is sent.
 MAP_LINGER_SECONDS = 0.25
@@ -543,11 +533,16 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 def _state_for(exc: TaskException) -> State[Any]:
-    """A dead worker or agent is ``Crashed``, a cancelled job ``Cancelled``; else re-raise."""
-    if exc.remote_type in CRASH_TYPES:
+    """A task whose worker, agent or machine died is ``Crashed``, a cancelled job
+    ``Cancelled``; else re-raise, so Prefect fails the task run (and retries it).
+
+    A timeout is re-raised too: Prefect's own timeouts fail a task run, they do not
+    crash it.
+    """
+    if exc.outcome == Outcome.CANCELLED:
+        return Cancelled(message=f"Meadow job {exc.job_id} was cancelled", data=exc)
+    if exc.is_infrastructure_failure and exc.outcome != Outcome.TIMEOUT:
         return Crashed(
             message=f"Meadow worker crashed: {exc.remote_type}: {exc.remote_message}", data=exc
         )
-    if exc.remote_type in CANCEL_TYPES:
-        return Cancelled(message=f"Meadow job {exc.job_id} was cancelled", data=exc)
     raise exc
