@@ -29,10 +29,12 @@ from meadow_airflow.references import make_reference, resolve_meadow_results, xc
 from meadow_airflow.triggers import MeadowJobTrigger
 from meadow_core import (
     Deployment,
+    ErrorKind,
     Host,
     InvalidRequestError,
     JobCompletion,
     JobNotFoundError,
+    JobState,
     MeadowError,
     Resources,
     TaskException,
@@ -49,7 +51,7 @@ from meadow_core import (
 
 #: ``task_state_store`` key holding the job of the try in flight (see ``_find_job``).
 STATE_KEY = "meadow_job_id"
-_ACTIVE = ("queued", "running")
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
 def meadow_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -475,7 +477,7 @@ class MeadowOperator(BaseOperator):
         try:
             value = wait()
         except TaskException as exc:
-            if exc.remote_type == "meadow.ResultNotUnpicklable":
+            if exc.kind is ErrorKind.RESULT_NOT_UNPICKLABLE:
                 # The value exists, this worker cannot rebuild it: it stays in Meadow.
                 self._copy_log_unless_streamed(job_id, host, streamed)
                 return self._to_xcom(job_id, host, None, "value this worker cannot unpickle", False)
