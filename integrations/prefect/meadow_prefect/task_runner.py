@@ -45,11 +45,12 @@ from meadow_core import (
     TaskResult,
     cancel_job_sync,
     deterministic_job_id,
+    route_logs,
     run_function_sync,
     run_map_as_completed_sync,
 )
 from meadow_prefect import _remote
-from meadow_prefect._logs import relay
+from meadow_prefect._logs import into_task_runs, show_meadow_logs
 
 # The trampolines travel by value: a built environment on the remote side has Meadow's
 # runtime but not meadow_prefect.
@@ -236,32 +237,32 @@ class _MapBatch:
     def _send(self, wave: list[_Pending]) -> None:
         runner = self.runner
         job_id = deterministic_job_id("prefect-map", *(str(p.task_run_id) for p in wave))
-        handler = relay()
-        for index, pending in enumerate(wave):
-            handler.add(job_id, index, pending.logger)
+        for pending in wave:
             runner._job_of_task_run[pending.task_run_id] = job_id
         runner._active_jobs.add(job_id)
         delivered: set[int] = set()
+        loggers = {index: pending.logger for index, pending in enumerate(wave)}
         try:
-            results: Iterable[TaskResult[Any]] = run_map_as_completed_sync(
-                functools.partial(_remote.apply, self.fn),
-                [(p.args, p.kwargs) for p in wave],
-                runner.host,
-                self.options.resources or runner.resources,
-                runner._deployment(),
-                job_id=job_id,
-                timeout_seconds=self.options.timeout_seconds or runner.timeout_seconds,
-            )
-            for result in results:
-                delivered.add(result.task_id)
-                future = wave[result.task_id].future
-                if result.is_success:
-                    future.set_result(result.result)
-                else:
-                    try:
-                        result.result_or_raise()
-                    except TaskException as exc:
-                        future.set_exception(exc)
+            with route_logs(job_id, into_task_runs(loggers)):
+                results: Iterable[TaskResult[Any]] = run_map_as_completed_sync(
+                    functools.partial(_remote.apply, self.fn),
+                    [(p.args, p.kwargs) for p in wave],
+                    runner.host,
+                    self.options.resources or runner.resources,
+                    runner._deployment(),
+                    job_id=job_id,
+                    timeout_seconds=self.options.timeout_seconds or runner.timeout_seconds,
+                )
+                for result in results:
+                    delivered.add(result.task_id)
+                    future = wave[result.task_id].future
+                    if result.is_success:
+                        future.set_result(result.result)
+                    else:
+                        try:
+                            result.result_or_raise()
+                        except TaskException as exc:
+                            future.set_exception(exc)
             missing = [p for i, p in enumerate(wave) if i not in delivered]
             for pending in missing:
                 pending.future.set_exception(
@@ -273,8 +274,6 @@ class _MapBatch:
                     pending.future.set_exception(exc)
         finally:
             runner._active_jobs.discard(job_id)
-            for index in range(len(wave)):
-                handler.remove(job_id, index)
 
 
 # -- the runner -------------------------------------------------------------------------------
@@ -474,6 +473,7 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
             raise RuntimeError("MeadowTaskRunner called its task outside a Prefect task run")
         task_run = context.task_run
         logger = get_run_logger(context)
+        show_meadow_logs()
         if self.nested:
             args = (serialize_context(), fn, *args)
             fn = _remote.call_in_context
@@ -505,27 +505,25 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         # The run count makes each retry its own job; a restarted caller with the same
         # task run and attempt reattaches instead of running the step twice.
         job_id = deterministic_job_id("prefect", task_run_id, run_count)
-        handler = relay()
-        handler.add(job_id, None, logger)
         self._active_jobs.add(job_id)
         self._job_of_task_run[task_run_id] = job_id
         try:
             target = (
                 fn if callable(fn) and not _is_async(fn) else functools.partial(_remote.call, fn)
             )
-            return run_function_sync(
-                target,
-                self.host,
-                options.resources or self.resources,
-                self._deployment(),
-                args=args,
-                kwargs=kwargs,
-                job_id=job_id,
-                timeout_seconds=options.timeout_seconds or self.timeout_seconds,
-            )
+            with route_logs(job_id, logger):
+                return run_function_sync(
+                    target,
+                    self.host,
+                    options.resources or self.resources,
+                    self._deployment(),
+                    args=args,
+                    kwargs=kwargs,
+                    job_id=job_id,
+                    timeout_seconds=options.timeout_seconds or self.timeout_seconds,
+                )
         finally:
             self._active_jobs.discard(job_id)
-            handler.remove(job_id, None)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
