@@ -59,7 +59,8 @@ if TYPE_CHECKING:
         PreinstalledInterpreter,
         UvProjectPath,
     )
-    from meadow_core.protocol import JobRecord
+    from meadow_core.logs import route_logs
+    from meadow_core.protocol import ErrorKind, JobRecord, JobState, Outcome, RemoteError
     from meadow_core.resources import Resources
     from meadow_core.results import (
         JobCompletion,
@@ -79,6 +80,7 @@ __all__ = [
     "CondaEnvironmentFile",
     "Deployment",
     "EnvironmentSecret",
+    "ErrorKind",
     "FileSecret",
     "Host",
     "InterpreterSpecFile",
@@ -88,14 +90,17 @@ __all__ = [
     "JobHandle",
     "JobNotFoundError",
     "JobRecord",
+    "JobState",
     "LocalCondaInterpreter",
     "LocalHost",
     "LocalInterpreter",
     "LocalPipInterpreter",
     "MeadowError",
+    "Outcome",
     "PipRequirementsFile",
     "PoetryProjectPath",
     "PreinstalledInterpreter",
+    "RemoteError",
     "Resources",
     "RunMapTasksFailedException",
     "Secret",
@@ -116,6 +121,7 @@ __all__ = [
     "list_jobs_sync",
     "read_task_log",
     "read_task_log_sync",
+    "route_logs",
     "run_command",
     "run_command_sync",
     "run_function",
@@ -180,7 +186,8 @@ _SOURCES = {
         "PreinstalledInterpreter",
         "UvProjectPath",
     ],
-    "meadow_core.protocol": ["JobRecord"],
+    "meadow_core.logs": ["route_logs"],
+    "meadow_core.protocol": ["ErrorKind", "JobRecord", "JobState", "Outcome", "RemoteError"],
     "meadow_core.resources": ["Resources"],
     "meadow_core.results": [
         "JobCompletion",

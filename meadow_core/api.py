@@ -250,7 +250,7 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
                 is_success=False,
                 result=None,
                 exception=(
-                    "meadow.ResultNotUnpicklable",
+                    protocol.ErrorKind.RESULT_NOT_UNPICKLABLE,
                     f"the task succeeded but its result could not be unpickled here "
                     f"({type(exc).__name__}: {exc}); is its class importable in the caller?",
                     traceback.format_exc(),
@@ -258,7 +258,7 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
                 **common | {"outcome": protocol.FAILED},
             )
         return TaskResult(is_success=True, result=value, exception=None, **common)
-    error = outcome.error or ["meadow.Unknown", "the task failed", ""]
+    error = outcome.error or [protocol.ErrorKind.UNKNOWN, "the task failed", ""]
     return TaskResult(
         is_success=False, result=None, exception=(error[0], error[1], error[2]), **common
     )
@@ -303,13 +303,14 @@ async def _command_completion(
             outcome=outcome.outcome,
         )
         if check and outcome.outcome != protocol.SUCCEEDED:
-            error = outcome.error or ["meadow.CommandFailed", "the command failed", ""]
+            error = outcome.error or [protocol.ErrorKind.COMMAND_FAILED, "the command failed", ""]
             exc = TaskException(
                 error[0],
                 error[1],
                 error[2] or log[-4000:],
                 attempt=outcome.attempt,
                 job_id=spec.job_id,
+                outcome=outcome.outcome,
             )
             exc.completion = completion  # type: ignore[attr-defined]
             raise exc
@@ -322,7 +323,12 @@ async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> An
         result = await _task_result(host, outcome)
         if not result.is_success:
             assert result.exception is not None
-            raise TaskException(*result.exception, attempt=result.attempt, job_id=spec.job_id)
+            raise TaskException(
+                *result.exception,
+                attempt=result.attempt,
+                job_id=spec.job_id,
+                outcome=result.outcome,
+            )
         return result.result
     raise JobNotFoundError(f"job {spec.job_id} ended without a result")
 

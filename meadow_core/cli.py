@@ -23,7 +23,7 @@ from meadow_core._portal import portal
 from meadow_core.errors import MeadowError
 from meadow_core.hosts.base import Host
 from meadow_core.hosts.local import DEFAULT_IDLE_TIMEOUT, LocalHost
-from meadow_core.protocol import JobRecord
+from meadow_core.protocol import JobRecord, Outcome
 from meadow_core.resources import Resources
 from meadow_core.results import RunMapTasksFailedException, TaskException
 
@@ -232,7 +232,7 @@ def command_cmd(
     if detach:
         click.echo(completion.job_id)
         return
-    if completion.outcome not in ("succeeded", "failed"):
+    if completion.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
         _console.print(f"[red]{completion.outcome}[/red]")
     raise SystemExit(completion.return_code if completion.return_code >= 0 else 1)
 

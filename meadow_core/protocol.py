@@ -9,11 +9,13 @@ objects in the place's store, named by content hash. See ARCHITECTURE.md, "Proto
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import hashlib
 import struct
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -23,21 +25,124 @@ PROTOCOL_VERSION = 1
 #: as objects and referenced, so queue messages stay small.
 INLINE_LIMIT = 64 * 1024
 
-# Outcomes of one task attempt.
-SUCCEEDED = "succeeded"
-FAILED = "failed"  # the user's code raised
-CRASHED = "crashed"  # the worker died: signal, out of memory, lost machine
-TIMEOUT = "timeout"
-CANCELLED = "cancelled"
-OUTCOMES = (SUCCEEDED, FAILED, CRASHED, TIMEOUT, CANCELLED)
 
-# Job states.
-JOB_QUEUED = "queued"
-JOB_RUNNING = "running"
-JOB_SUCCEEDED = "succeeded"
-JOB_FAILED = "failed"
-JOB_CANCELLED = "cancelled"
-TERMINAL_JOB_STATES = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+class Outcome(enum.StrEnum):
+    """How one task attempt ended (``TaskOutcome.outcome``; on the wire, the value)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the user's code raised, or the task could not be run as asked
+    CRASHED = "crashed"  # the worker died: signal, out of memory, lost machine
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is (``JobRecord.state``; on the wire, the value)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The names these had before the enums; members compare equal to their strings.
+SUCCEEDED = Outcome.SUCCEEDED
+FAILED = Outcome.FAILED
+CRASHED = Outcome.CRASHED
+TIMEOUT = Outcome.TIMEOUT
+CANCELLED = Outcome.CANCELLED
+OUTCOMES = tuple(Outcome)
+JOB_QUEUED = JobState.QUEUED
+JOB_RUNNING = JobState.RUNNING
+JOB_SUCCEEDED = JobState.SUCCEEDED
+JOB_FAILED = JobState.FAILED
+JOB_CANCELLED = JobState.CANCELLED
+TERMINAL_JOB_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class ErrorKind(enum.StrEnum):
+    """The failures Meadow itself reports, as the type in a task's ``[type, message, traceback]``.
+
+    A task whose code raised carries the exception's own type name (``"ValueError"``);
+    these kinds say the failure happened around the code. The values are the wire format.
+    """
+
+    #: The worker running the task died (a signal, ``os._exit``, a segfault).
+    WORKER_CRASHED = "meadow.WorkerCrashed"
+    #: The task used more memory than its ``Resources.memory_gb`` and was killed.
+    MEMORY_LIMIT_EXCEEDED = "meadow.MemoryLimitExceeded"
+    #: The agent stopped while the task ran.
+    AGENT_STOPPED = "meadow.AgentStopped"
+    #: No worker could be started for the task's environment.
+    WORKER_START_FAILED = "meadow.WorkerStartFailed"
+    #: The task was delivered again and again and never finished: each machine running
+    #: it stopped (out of memory, killed, interrupted).
+    TASK_LOST = "meadow.TaskLost"
+    #: The task ran longer than its ``timeout_seconds`` and was killed.
+    TASK_TIMEOUT = "meadow.TaskTimeout"
+    #: The job was cancelled before or while the task ran.
+    TASK_CANCELLED = "meadow.TaskCancelled"
+    #: The task needs more CPU or memory than the machine has (e.g. a memory-multiplied retry).
+    UNSATISFIABLE_RESOURCES = "meadow.UnsatisfiableResources"
+    #: The task's payload could not be handed to a worker (e.g. missing from the store).
+    TASK_NOT_DELIVERED = "meadow.TaskNotDelivered"
+    #: The command could not be started (not found, not executable).
+    COMMAND_NOT_STARTED = "meadow.CommandNotStarted"
+    #: The command exited non-zero or was killed by a signal.
+    COMMAND_FAILED = "meadow.CommandFailed"
+    #: The task returned a value that could not be pickled on the worker.
+    RESULT_NOT_PICKLABLE = "meadow.ResultNotPicklable"
+    #: The task succeeded but the caller could not unpickle its value.
+    RESULT_NOT_UNPICKLABLE = "meadow.ResultNotUnpicklable"
+    #: A failed task whose record carries no error (should not happen).
+    UNKNOWN = "meadow.Unknown"
+
+    @classmethod
+    def parse(cls, remote_type: str) -> ErrorKind | None:
+        """The kind ``remote_type`` names, or ``None`` for the type of an exception the
+        code raised (or a kind this version does not know)."""
+        try:
+            return cls(remote_type)
+        except ValueError:
+            return None
+
+    @property
+    def outcome(self) -> Outcome:
+        """The outcome Meadow reports a failure of this kind with."""
+        return _KIND_OUTCOMES.get(self, Outcome.FAILED)
+
+
+_KIND_OUTCOMES = {
+    ErrorKind.WORKER_CRASHED: Outcome.CRASHED,
+    ErrorKind.MEMORY_LIMIT_EXCEEDED: Outcome.CRASHED,
+    ErrorKind.AGENT_STOPPED: Outcome.CRASHED,
+    ErrorKind.WORKER_START_FAILED: Outcome.CRASHED,
+    ErrorKind.TASK_LOST: Outcome.CRASHED,
+    ErrorKind.TASK_TIMEOUT: Outcome.TIMEOUT,
+    ErrorKind.TASK_CANCELLED: Outcome.CANCELLED,
+}
+
+
+class RemoteError(NamedTuple):
+    """Why a task attempt failed: ``TaskOutcome.error`` (a ``[kind, message, traceback]``
+    list on the wire) as a typed tuple.
+
+    ``kind`` is an ``ErrorKind`` for a failure around the code, else the qualified type
+    name of the exception the code raised.
+    """
+
+    kind: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_wire(cls, error: Sequence[str]) -> RemoteError:
+        kind, message, traceback = error
+        return cls(ErrorKind.parse(kind) or kind, message, traceback)
+
+    def to_wire(self) -> list[str]:
+        return [str(self.kind), self.message, self.traceback]
 
 
 class ProtocolError(Exception):
@@ -198,7 +303,7 @@ class TaskOutcome:
 
     ``final`` is false for an attempt that will be retried. ``value`` holds a small
     pickled result inline, ``value_key`` names a large one in the store. ``error`` is
-    ``[type, message, traceback]``.
+    ``[type, message, traceback]`` (``remote_error`` reads it as a ``RemoteError``).
     """
 
     job_id: str
@@ -214,6 +319,10 @@ class TaskOutcome:
     log_key: str | None = None
     started: float | None = None
     finished: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def remote_error(self) -> RemoteError | None:
+        return RemoteError.from_wire(self.error) if self.error else None
 
     def to_wire(self) -> dict[str, Any]:
         return shallow_fields(self)

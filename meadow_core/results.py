@@ -6,16 +6,25 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
+from meadow_core.protocol import ErrorKind, Outcome
+
 _T = TypeVar("_T")
+
+#: Outcomes of a task that did not fail by raising: its worker or machine died under it,
+#: it was killed for memory, or it ran out of time.
+_INFRASTRUCTURE_OUTCOMES = frozenset({Outcome.CRASHED, Outcome.TIMEOUT})
 
 
 class TaskException(Exception):
-    """An exception raised on the remote side, or a task that crashed or timed out.
+    """A task that failed: its code raised, or it crashed, timed out or was cancelled.
 
-    ``remote_type`` is the remote exception's qualified type name (``"ValueError"``, or
-    ``"WorkerCrashed"``/``"TaskTimeout"``/``"TaskCancelled"`` for failures around the
-    code), ``remote_message`` its message and ``remote_traceback`` the formatted remote
-    traceback.
+    ``remote_type`` is the qualified type name of the exception the code raised
+    (``"ValueError"``), or for a failure around the code the ``ErrorKind`` Meadow
+    reports (``"meadow.WorkerCrashed"``, ``"meadow.TaskTimeout"``, ...); ``kind`` is
+    that ``ErrorKind``, ``None`` when the code raised. ``remote_message`` is the
+    message, ``remote_traceback`` the formatted remote traceback. ``outcome`` is the
+    task's ``Outcome``: ``failed`` (the code raised, or the task could not be run as
+    asked), ``crashed``, ``timeout`` or ``cancelled``.
     """
 
     def __init__(
@@ -27,6 +36,7 @@ class TaskException(Exception):
         task_id: int | None = None,
         attempt: int | None = None,
         job_id: str | None = None,
+        outcome: str | None = None,
     ) -> None:
         self.remote_type = remote_type
         self.remote_message = remote_message
@@ -34,6 +44,8 @@ class TaskException(Exception):
         self.task_id = task_id
         self.attempt = attempt
         self.job_id = job_id
+        self.kind = ErrorKind.parse(remote_type)
+        self.outcome = _outcome(outcome, self.kind)
         where = ""
         if task_id is not None:
             where = f" in task {task_id}" + (f", attempt {attempt}" if attempt else "")
@@ -41,6 +53,16 @@ class TaskException(Exception):
             f"{remote_type}: {remote_message}{where}\n--- remote traceback ---\n"
             f"{remote_traceback.rstrip()}"
         )
+
+    @property
+    def is_infrastructure_failure(self) -> bool:
+        """The task did not fail by raising: its worker crashed, it was killed for
+        memory, it was lost with its machine, it timed out, its agent stopped.
+
+        False for an exception the code raised, a cancelled job, and a task that could
+        not be run as asked (a command not found, resources no machine has).
+        """
+        return self.outcome in _INFRASTRUCTURE_OUTCOMES
 
     def __reduce__(self) -> tuple[object, ...]:
         return (
@@ -52,8 +74,20 @@ class TaskException(Exception):
                 self.task_id,
                 self.attempt,
                 self.job_id,
+                str(self.outcome),
             ),
         )
+
+
+def _outcome(outcome: str | None, kind: ErrorKind | None) -> Outcome:
+    """``outcome`` as an ``Outcome``; when not given (or not known here), the one Meadow
+    reports ``kind`` with."""
+    if outcome is not None:
+        try:
+            return Outcome(outcome)
+        except ValueError:
+            pass
+    return kind.outcome if kind is not None else Outcome.FAILED
 
 
 def _rebuild_task_exception(
@@ -63,8 +97,17 @@ def _rebuild_task_exception(
     task_id: int | None,
     attempt: int | None,
     job_id: str | None,
+    outcome: str | None = None,  # absent from exceptions pickled by older versions
 ) -> TaskException:
-    return TaskException(remote_type, message, tb, task_id=task_id, attempt=attempt, job_id=job_id)
+    return TaskException(
+        remote_type,
+        message,
+        tb,
+        task_id=task_id,
+        attempt=attempt,
+        job_id=job_id,
+        outcome=outcome,
+    )
 
 
 @dataclasses.dataclass
@@ -82,7 +125,7 @@ class TaskResult(Generic[_T]):
     result: _T | None
     exception: tuple[str, str, str] | None
     attempt: int
-    outcome: str = "succeeded"
+    outcome: str = Outcome.SUCCEEDED
     log_location: str | None = None
     job_id: str | None = None
     max_memory_used_gb: float | None = None
@@ -93,7 +136,11 @@ class TaskResult(Generic[_T]):
             return self.result  # type: ignore[return-value]
         assert self.exception is not None
         raise TaskException(
-            *self.exception, task_id=self.task_id, attempt=self.attempt, job_id=self.job_id
+            *self.exception,
+            task_id=self.task_id,
+            attempt=self.attempt,
+            job_id=self.job_id,
+            outcome=self.outcome,
         )
 
 
@@ -136,4 +183,4 @@ class JobCompletion(Generic[_T]):
     log: str
     log_location: str | None
     result: _T | None = None
-    outcome: str = "succeeded"
+    outcome: str = Outcome.SUCCEEDED

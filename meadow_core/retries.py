@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 from meadow_core import protocol
-from meadow_core.protocol import JobSpec, TaskMessage, TaskOutcome
+from meadow_core.protocol import ErrorKind, JobSpec, TaskMessage, TaskOutcome
 
 #: An attempt that used this share of its memory limit counts as memory-bound.
 MEMORY_BOUND_FRACTION = 0.95
 #: Outcomes another attempt may improve on.
 RETRYABLE = (protocol.FAILED, protocol.CRASHED, protocol.TIMEOUT)
 #: Error kinds no other attempt can fix.
-FINAL_KINDS = ("meadow.UnsatisfiableResources",)
+FINAL_KINDS = (ErrorKind.UNSATISFIABLE_RESOURCES,)
 
 
 def next_attempt(
@@ -43,7 +43,7 @@ def next_attempt(
     base = spec.resources.get("memory_gb")
     if spec.retry_with_more_memory and base and peak_memory_gb is not None:
         limit = memory_limit_gb or task.memory_gb or base
-        memory_bound = kind == "meadow.MemoryLimitExceeded" or bool(
+        memory_bound = kind == ErrorKind.MEMORY_LIMIT_EXCEEDED or bool(
             limit and peak_memory_gb >= MEMORY_BOUND_FRACTION * limit
         )
         if memory_bound:

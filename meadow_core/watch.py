@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from meadow_core import protocol
+from meadow_core import logs, protocol
 from meadow_core.errors import JobNotFoundError
 from meadow_core.protocol import TaskOutcome
 
 #: Remote output reaches the caller through this logger (and its ``meadow.*`` children).
-remote_log = logging.getLogger("meadow")
+remote_log = logging.getLogger(logs.REMOTE_LOGGER)
 
 
 def _make_remote_output_visible() -> None:
@@ -53,7 +53,9 @@ class JobWatch:
     def on_result(self, outcome: TaskOutcome) -> None:
         if not outcome.final:
             error = outcome.error or ["?", "", ""]
-            remote_log.warning(
+            self._emit(
+                logging.WARNING,
+                self._extra(outcome.task_id, outcome.attempt),
                 "job %s task %d attempt %d %s (%s: %s); retrying",
                 self.job_id,
                 outcome.task_id,
@@ -61,7 +63,6 @@ class JobWatch:
                 outcome.outcome,
                 error[0],
                 error[1],
-                extra=self._extra(outcome.task_id, outcome.attempt),
             )
             return
         if outcome.task_id in self.final:
@@ -86,10 +87,21 @@ class JobWatch:
         prefix = f"[task {task_id}] " if self.kind == "map" else ""
         extra = self._extra(task_id, attempt)
         for line in lines:
-            remote_log.info("%s%s", prefix, line, extra=extra)
+            self._emit(logging.INFO, extra, "%s%s", prefix, line)
 
     def _extra(self, task_id: int, attempt: int) -> dict[str, Any]:
         return {"meadow_job_id": self.job_id, "meadow_task_id": task_id, "meadow_attempt": attempt}
+
+    def _emit(self, level: int, extra: dict[str, Any], message: str, *args: object) -> None:
+        """A record of the ``meadow`` logger, or for a route only when the logger drops it."""
+        if remote_log.isEnabledFor(level):
+            remote_log.log(level, message, *args, extra=extra, stacklevel=2)
+        elif logs.routing():
+            # The logger's level (or dictConfig) drops it, but a route may want it.
+            record = remote_log.makeRecord(
+                remote_log.name, level, __file__, 0, message, args, None, extra=extra
+            )
+            logs.deliver(record)
 
     # Used by the API ----------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from meadow_core.agent.processes import (
 from meadow_core.code_snapshot import CodeSnapshot, materialize
 from meadow_core.envcache import ensure_environment
 from meadow_core.place import LocalPlace
-from meadow_core.protocol import Environment, JobSpec, TaskMessage, TaskOutcome
+from meadow_core.protocol import Environment, ErrorKind, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import DEFAULT_TASK_CPU
 
 log = logging.getLogger("meadow.agent")
@@ -57,7 +57,7 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 
 _CANCELLED_WHILE_RUNNING = (
     protocol.CANCELLED,
-    "meadow.TaskCancelled",
+    ErrorKind.TASK_CANCELLED,
     "the job was cancelled while this task ran",
 )
 
@@ -186,7 +186,7 @@ class Agent:
         for running in list(self.running.values()):
             running.kill_reason = (
                 protocol.CRASHED,
-                "meadow.AgentStopped",
+                ErrorKind.AGENT_STOPPED,
                 "the Meadow agent stopped while the task ran",
             )
             if running.kill:
@@ -403,7 +403,7 @@ class Agent:
             spec,
             message,
             protocol.FAILED,
-            "meadow.UnsatisfiableResources",
+            ErrorKind.UNSATISFIABLE_RESOURCES,
             f"attempt {message.attempt} needs {cpu:g} CPUs and {memory or 0:g} GB but this "
             f"machine has {self.capacity.describe()}",
         )
@@ -518,7 +518,7 @@ class Agent:
             worker = await self._acquire_worker(running.spec.environment)
         except Exception as exc:
             self._complete(
-                running, protocol.CRASHED, error=["meadow.WorkerStartFailed", str(exc), ""]
+                running, protocol.CRASHED, error=[ErrorKind.WORKER_START_FAILED, str(exc), ""]
             )
             return
         self.worker_tasks[worker] = deque()
@@ -529,7 +529,7 @@ class Agent:
             self._complete(
                 running,
                 protocol.FAILED,
-                error=["meadow.TaskNotDelivered", f"{type(exc).__name__}: {exc}", ""],
+                error=[ErrorKind.TASK_NOT_DELIVERED, f"{type(exc).__name__}: {exc}", ""],
             )
             return
         self._begin(worker, running)
@@ -676,7 +676,7 @@ class Agent:
             self._complete(
                 running,
                 protocol.FAILED,
-                error=["meadow.CommandNotStarted", f"{spec.command[0]}: {exc}", ""],
+                error=[ErrorKind.COMMAND_NOT_STARTED, f"{spec.command[0]}: {exc}", ""],
             )
             return
         running.pid = process.pid
@@ -705,7 +705,7 @@ class Agent:
                 running,
                 protocol.FAILED,
                 error=[
-                    "meadow.CommandFailed",
+                    ErrorKind.COMMAND_FAILED,
                     f"{' '.join(spec.command)!r}: {describe_exit(returncode)}",
                     tail,
                 ],
@@ -720,7 +720,7 @@ class Agent:
         self._complete(
             running,
             protocol.CRASHED,
-            error=["meadow.WorkerCrashed", f"the worker running this task died: {how}", ""],
+            error=[ErrorKind.WORKER_CRASHED, f"the worker running this task died: {how}", ""],
         )
 
     def _complete(
@@ -871,7 +871,7 @@ class Agent:
             spec,
             message,
             protocol.CANCELLED,
-            "meadow.TaskCancelled",
+            ErrorKind.TASK_CANCELLED,
             f"the job was cancelled {when}",
         )
 
@@ -909,7 +909,7 @@ class Agent:
             if running.memory_gb is not None and used > running.memory_gb:
                 running.kill_reason = (
                     protocol.CRASHED,
-                    "meadow.MemoryLimitExceeded",
+                    ErrorKind.MEMORY_LIMIT_EXCEEDED,
                     f"the task used {used:.2f} GB, more than the {running.memory_gb:g} GB it "
                     "asked for; raise Resources.memory_gb or pass retry_with_more_memory=True",
                 )
@@ -917,7 +917,7 @@ class Agent:
             if deadline is not None and now > deadline:
                 running.kill_reason = (
                     protocol.TIMEOUT,
-                    "meadow.TaskTimeout",
+                    ErrorKind.TASK_TIMEOUT,
                     f"the task ran longer than its timeout of {running.spec.timeout_seconds:g}s",
                 )
             if running.kill_reason is not None and running.kill:

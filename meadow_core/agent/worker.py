@@ -143,7 +143,7 @@ class _Worker:
         except BaseException as exc:
             name, message_text, tb = describe_exception(exc)
             reply["error"] = [
-                "meadow.ResultNotPicklable",
+                protocol.ErrorKind.RESULT_NOT_PICKLABLE,
                 f"the task's return value of type {type(value).__qualname__} could not be "
                 f"pickled ({name}: {message_text}); return plain data instead",
                 tb,

@@ -37,7 +37,7 @@ from meadow_core import keys, protocol, retries
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import stored_archive
 from meadow_core.hosts.local import LocalHost
-from meadow_core.protocol import JobSpec, TaskMessage, TaskOutcome
+from meadow_core.protocol import ErrorKind, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.remote import messages, outcomes
 from meadow_core.remote.caller import RemotePlace
 from meadow_core.remote.mirror import StoreMirror
@@ -188,7 +188,7 @@ class _JobServer:
                 outcome=protocol.CRASHED,
                 final=True,
                 error=[
-                    "meadow.TaskLost",
+                    ErrorKind.TASK_LOST,
                     f"task {task.task_id} was delivered {delivery.delivery_count} times and "
                     "never finished; each machine running it stopped (out of memory, killed, "
                     "interrupted)",

@@ -29,10 +29,12 @@ from meadow_airflow.references import make_reference, resolve_meadow_results, xc
 from meadow_airflow.triggers import MeadowJobTrigger
 from meadow_core import (
     Deployment,
+    ErrorKind,
     Host,
     InvalidRequestError,
     JobCompletion,
     JobNotFoundError,
+    JobState,
     MeadowError,
     Resources,
     TaskException,
@@ -42,6 +44,7 @@ from meadow_core import (
     deterministic_job_id,
     get_job_sync,
     read_task_log_sync,
+    route_logs,
     run_command_sync,
     run_function_sync,
     wait_for_job_sync,
@@ -49,7 +52,7 @@ from meadow_core import (
 
 #: ``task_state_store`` key holding the job of the try in flight (see ``_find_job``).
 STATE_KEY = "meadow_job_id"
-_ACTIVE = ("queued", "running")
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
 def meadow_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -107,22 +110,20 @@ def _ship_by_value(function: Callable[..., Any]) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
-class _IntoTaskLog(logging.Filter):
-    """Move one job's remote output (``meadow`` logger records) into the task log."""
+class _IntoTaskLog:
+    """Where one job's remote output goes (a ``route_logs`` target): the task log.
 
-    def __init__(self, job_id: str, log: Any) -> None:
-        super().__init__()
-        self.job_id = job_id
+    Counts the lines, so the stored log is copied only if nothing streamed.
+    """
+
+    def __init__(self, log: Any) -> None:
         self.log = log
         self.lines = 0
         self.complete = False
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "meadow_job_id", None) != self.job_id:
-            return True
+    def __call__(self, record: logging.LogRecord) -> None:
         self.lines += 1
         self.log.log(record.levelno, "[meadow] %s", record.getMessage())
-        return False  # handled here; not printed a second time by the meadow logger
 
 
 class MeadowOperator(BaseOperator):
@@ -430,10 +431,8 @@ class MeadowOperator(BaseOperator):
     def _wait_here(self, context: Context, host: Host) -> Any:
         job_id, existing = self._find_job(context, host)
         self._job_id, self._meadow_host = job_id, host
-        into_log = _IntoTaskLog(job_id, self.log)
-        meadow_logger = logging.getLogger("meadow")
-        meadow_logger.addFilter(into_log)
-        try:
+        into_log = _IntoTaskLog(self.log)
+        with route_logs(job_id, into_log):
             if existing:
                 wait: Callable[[], Any] = lambda: wait_for_job_sync(job_id, host)  # noqa: E731
             else:
@@ -442,8 +441,6 @@ class MeadowOperator(BaseOperator):
                 # Watched from before the submission: the stream is the whole log.
                 into_log.complete = True
             return self._collect(context, host, job_id, wait, into_log)
-        finally:
-            meadow_logger.removeFilter(into_log)
 
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, job_id: str | None = None
@@ -475,7 +472,7 @@ class MeadowOperator(BaseOperator):
         try:
             value = wait()
         except TaskException as exc:
-            if exc.remote_type == "meadow.ResultNotUnpicklable":
+            if exc.kind is ErrorKind.RESULT_NOT_UNPICKLABLE:
                 # The value exists, this worker cannot rebuild it: it stays in Meadow.
                 self._copy_log_unless_streamed(job_id, host, streamed)
                 return self._to_xcom(job_id, host, None, "value this worker cannot unpickle", False)

@@ -18,7 +18,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from meadow_airflow.aws import aws_credentials_async, using
 from meadow_airflow.hosts import host_from_spec
-from meadow_core import Host, JobNotFoundError, cancel_job, wait_for_job
+from meadow_core import Host, JobNotFoundError, JobState, cancel_job, wait_for_job
 
 
 class MeadowJobTrigger(BaseTrigger):
@@ -62,7 +62,7 @@ class MeadowJobTrigger(BaseTrigger):
             host, credentials = await self._host()
             with using(credentials):
                 record = await wait_for_job(self.job_id, host, fetch_result=False)
-            if record.state != "succeeded":
+            if record.state != JobState.SUCCEEDED:
                 event["status"] = "failed"
         except JobNotFoundError as exc:
             event = {"job_id": self.job_id, "status": "error", "message": str(exc)}

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dagster import AssetExecutionContext, OpExecutionContext
@@ -40,6 +40,7 @@ from meadow_core import (
     TaskException,
     cancel_job_sync,
     deterministic_job_id,
+    route_logs,
     run_command_sync,
 )
 
@@ -102,26 +103,18 @@ class PipesMeadowMessageReader(PipesMessageReader):
         )
 
 
-class _RelayHandler(logging.Handler):
-    """Routes the ``meadow`` logger's lines of one job to the reader and the step log."""
+def _relay(
+    reader: PipesMeadowMessageReader, context: OpExecutionContext | AssetExecutionContext
+) -> Callable[[logging.LogRecord], None]:
+    """Where the command's lines go (a ``route_logs`` target): Pipes messages to the
+    reader, other lines to the step log."""
 
-    def __init__(
-        self,
-        job_id: str,
-        reader: PipesMeadowMessageReader,
-        context: OpExecutionContext | AssetExecutionContext,
-    ) -> None:
-        super().__init__(logging.INFO)
-        self.job_id = job_id
-        self.reader = reader
-        self.context = context
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "meadow_job_id", None) != self.job_id:
-            return
+    def relay(record: logging.LogRecord) -> None:
         line = record.getMessage()
-        if not self.reader.feed_live(line):
-            self.context.log.info(line)
+        if not reader.feed_live(line):
+            context.log.info(line)
+
+    return relay
 
 
 class PipesMeadowClient(PipesClient, TreatAsResourceParam):
@@ -166,8 +159,6 @@ class PipesMeadowClient(PipesClient, TreatAsResourceParam):
         job_id = deterministic_job_id(
             context.run.run_id, step_key, "pipes", context.op_execution_context.retry_number
         )
-        meadow_log = logging.getLogger("meadow")
-        relay = _RelayHandler(job_id, reader, context)
         with open_pipes_session(
             context=context,
             context_injector=PipesEnvContextInjector(),
@@ -175,20 +166,17 @@ class PipesMeadowClient(PipesClient, TreatAsResourceParam):
             extras=extras,
         ) as session:
             environment = {**self.env, **(env or {}), **session.get_bootstrap_env_vars()}
-            old_level = meadow_log.level
-            if meadow_log.getEffectiveLevel() > logging.INFO:
-                meadow_log.setLevel(logging.INFO)
-            meadow_log.addHandler(relay)
             try:
-                completion: JobCompletion[None] = run_command_sync(
-                    command,
-                    self.host,
-                    resources or self.resources,
-                    Deployment(environment_variables=environment),
-                    job_id=job_id,
-                    timeout_seconds=self.timeout_seconds,
-                    check=False,
-                )
+                with route_logs(job_id, _relay(reader, context)):
+                    completion: JobCompletion[None] = run_command_sync(
+                        command,
+                        self.host,
+                        resources or self.resources,
+                        Deployment(environment_variables=environment),
+                        job_id=job_id,
+                        timeout_seconds=self.timeout_seconds,
+                        check=False,
+                    )
             except (DagsterExecutionInterruptedError, KeyboardInterrupt):
                 context.log.info(f"[pipes] interrupted: cancelling Meadow job {job_id}")
                 with contextlib.suppress(Exception):
@@ -198,9 +186,6 @@ class PipesMeadowClient(PipesClient, TreatAsResourceParam):
                 raise DagsterPipesExecutionError(
                     f"Meadow could not run the command: {exc}"
                 ) from exc
-            finally:
-                meadow_log.removeHandler(relay)
-                meadow_log.setLevel(old_level)
             reader.feed_full_log(completion.log)
             if completion.return_code != 0:
                 raise DagsterPipesExecutionError(

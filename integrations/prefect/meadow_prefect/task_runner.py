@@ -6,8 +6,8 @@ retries, caching, result persistence and events are all produced locally and nev
 depend on the remote machine reaching the Prefect API. Only the call of the task's
 function crosses to Meadow (``run_function``; a ``.map`` is batched into one
 ``run_map`` job). Remote output is relayed into the task run's Prefect logger; a dead
-worker or agent becomes ``Crashed``, a cancelled job ``Cancelled``, a remote exception
-``Failed`` with the remote traceback.
+worker, agent or machine becomes ``Crashed``, a cancelled job ``Cancelled``, a remote
+exception or a timeout ``Failed`` with the remote traceback.
 """
 
 from __future__ import annotations
@@ -39,31 +39,22 @@ from meadow_core import (
     AgentUnavailableError,
     Deployment,
     Host,
+    Outcome,
     Resources,
     TaskException,
     TaskResult,
     cancel_job_sync,
     deterministic_job_id,
+    route_logs,
     run_function_sync,
     run_map_as_completed_sync,
 )
 from meadow_prefect import _remote
-from meadow_prefect._logs import relay
+from meadow_prefect._logs import into_task_runs, show_meadow_logs
 
 # The trampolines travel by value: a built environment on the remote side has Meadow's
 # runtime but not meadow_prefect.
 cloudpickle.register_pickle_by_value(_remote)
-
-#: Remote failure types that mean the machine or worker died, not the user's code.
-CRASH_TYPES = frozenset(
-    {
-        "meadow.WorkerCrashed",
-        "meadow.MemoryLimitExceeded",
-        "meadow.AgentStopped",
-        "meadow.WorkerStartFailed",
-    }
-)
-CANCEL_TYPES = frozenset({"meadow.TaskCancelled"})
 
 #: Seconds a partly filled ``.map`` batch waits for more elements before it is sent.
 MAP_LINGER_SECONDS = 0.25
@@ -246,32 +237,32 @@ class _MapBatch:
     def _send(self, wave: list[_Pending]) -> None:
         runner = self.runner
         job_id = deterministic_job_id("prefect-map", *(str(p.task_run_id) for p in wave))
-        handler = relay()
-        for index, pending in enumerate(wave):
-            handler.add(job_id, index, pending.logger)
+        for pending in wave:
             runner._job_of_task_run[pending.task_run_id] = job_id
         runner._active_jobs.add(job_id)
         delivered: set[int] = set()
+        loggers = {index: pending.logger for index, pending in enumerate(wave)}
         try:
-            results: Iterable[TaskResult[Any]] = run_map_as_completed_sync(
-                functools.partial(_remote.apply, self.fn),
-                [(p.args, p.kwargs) for p in wave],
-                runner.host,
-                self.options.resources or runner.resources,
-                runner._deployment(),
-                job_id=job_id,
-                timeout_seconds=self.options.timeout_seconds or runner.timeout_seconds,
-            )
-            for result in results:
-                delivered.add(result.task_id)
-                future = wave[result.task_id].future
-                if result.is_success:
-                    future.set_result(result.result)
-                else:
-                    try:
-                        result.result_or_raise()
-                    except TaskException as exc:
-                        future.set_exception(exc)
+            with route_logs(job_id, into_task_runs(loggers)):
+                results: Iterable[TaskResult[Any]] = run_map_as_completed_sync(
+                    functools.partial(_remote.apply, self.fn),
+                    [(p.args, p.kwargs) for p in wave],
+                    runner.host,
+                    self.options.resources or runner.resources,
+                    runner._deployment(),
+                    job_id=job_id,
+                    timeout_seconds=self.options.timeout_seconds or runner.timeout_seconds,
+                )
+                for result in results:
+                    delivered.add(result.task_id)
+                    future = wave[result.task_id].future
+                    if result.is_success:
+                        future.set_result(result.result)
+                    else:
+                        try:
+                            result.result_or_raise()
+                        except TaskException as exc:
+                            future.set_exception(exc)
             missing = [p for i, p in enumerate(wave) if i not in delivered]
             for pending in missing:
                 pending.future.set_exception(
@@ -283,8 +274,6 @@ class _MapBatch:
                     pending.future.set_exception(exc)
         finally:
             runner._active_jobs.discard(job_id)
-            for index in range(len(wave)):
-                handler.remove(job_id, index)
 
 
 # -- the runner -------------------------------------------------------------------------------
@@ -484,6 +473,7 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
             raise RuntimeError("MeadowTaskRunner called its task outside a Prefect task run")
         task_run = context.task_run
         logger = get_run_logger(context)
+        show_meadow_logs()
         if self.nested:
             args = (serialize_context(), fn, *args)
             fn = _remote.call_in_context
@@ -515,27 +505,25 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         # The run count makes each retry its own job; a restarted caller with the same
         # task run and attempt reattaches instead of running the step twice.
         job_id = deterministic_job_id("prefect", task_run_id, run_count)
-        handler = relay()
-        handler.add(job_id, None, logger)
         self._active_jobs.add(job_id)
         self._job_of_task_run[task_run_id] = job_id
         try:
             target = (
                 fn if callable(fn) and not _is_async(fn) else functools.partial(_remote.call, fn)
             )
-            return run_function_sync(
-                target,
-                self.host,
-                options.resources or self.resources,
-                self._deployment(),
-                args=args,
-                kwargs=kwargs,
-                job_id=job_id,
-                timeout_seconds=options.timeout_seconds or self.timeout_seconds,
-            )
+            with route_logs(job_id, logger):
+                return run_function_sync(
+                    target,
+                    self.host,
+                    options.resources or self.resources,
+                    self._deployment(),
+                    args=args,
+                    kwargs=kwargs,
+                    job_id=job_id,
+                    timeout_seconds=options.timeout_seconds or self.timeout_seconds,
+                )
         finally:
             self._active_jobs.discard(job_id)
-            handler.remove(job_id, None)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -543,11 +531,16 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 def _state_for(exc: TaskException) -> State[Any]:
-    """A dead worker or agent is ``Crashed``, a cancelled job ``Cancelled``; else re-raise."""
-    if exc.remote_type in CRASH_TYPES:
+    """A task whose worker, agent or machine died is ``Crashed``, a cancelled job
+    ``Cancelled``; else re-raise, so Prefect fails the task run (and retries it).
+
+    A timeout is re-raised too: Prefect's own timeouts fail a task run, they do not
+    crash it.
+    """
+    if exc.outcome == Outcome.CANCELLED:
+        return Cancelled(message=f"Meadow job {exc.job_id} was cancelled", data=exc)
+    if exc.is_infrastructure_failure and exc.outcome != Outcome.TIMEOUT:
         return Crashed(
             message=f"Meadow worker crashed: {exc.remote_type}: {exc.remote_message}", data=exc
         )
-    if exc.remote_type in CANCEL_TYPES:
-        return Cancelled(message=f"Meadow job {exc.job_id} was cancelled", data=exc)
     raise exc
