@@ -4,16 +4,10 @@ guarantees as DynamoDB's single conditional writes."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from memory_table import MemoryVersionedTable
 
 from meadow_core.allocation.selection import Offer
 from meadow_core.fleet.registry import (
@@ -25,6 +19,7 @@ from meadow_core.fleet.registry import (
 from meadow_core.protocol import JOB_CANCELLED, JOB_RUNNING, JOB_SUCCEEDED
 from meadow_core.remote.jobs import VersionedJobTable
 from meadow_core.resources import Resources
+from tests.memory_table import MemoryVersionedTable
 
 WORKER = Resources(logical_cpu=1, memory_gb=2)
 

@@ -12,22 +12,23 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import botocore.exceptions
 
 from meadow_core.clouds.aws import names, session
+from meadow_core.clouds.aws.queue import queue_name as sqs_queue_name
 from meadow_core.clouds.aws.registry import (
-    TERMINATING,
     DynamoRegistry,
     InstanceRecord,
     create_table,
 )
 from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.fleet import bootstrap
-from meadow_core.protocol import TERMINAL_JOB_STATES
+from meadow_core.fleet.sweeper import ManagedMachine, ManagedQueue, SweepReport, sweep
 from meadow_core.remote import store_cache
+from meadow_core.remote.ports import QueueName
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +48,7 @@ class Report:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class CleanReport:
-    """What `clean` removed, by kind."""
-
-    terminated_instances: list[str] = dataclasses.field(default_factory=list)
-    deleted_queues: list[str] = dataclasses.field(default_factory=list)
-    removed_registry_entries: list[str] = dataclasses.field(default_factory=list)
-    deleted_objects: int = 0
-    cleaned_jobs: list[str] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (
-            self.terminated_instances
-            or self.deleted_queues
-            or self.removed_registry_entries
-            or self.deleted_objects
-        )
+CleanReport = SweepReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,8 +512,39 @@ def cache_prune(region_name: str, older_than: float, dry_run: bool) -> store_cac
     return store_cache.prune(store, registry, older_than, dry_run=dry_run)
 
 
-def _finished(job: dict[str, Any]) -> bool:
-    return job.get("state") in TERMINAL_JOB_STATES
+class _Ec2Inventory:
+    """What the sweeper sees of a region: tagged instances and ``meadow-*`` queues."""
+
+    def __init__(self, region_name: str) -> None:
+        self.region_name = region_name
+        self.sqs = session.client("sqs", region_name)
+        self.urls: dict[str, str] = {}
+
+    def machines(self) -> list[ManagedMachine]:
+        return [
+            ManagedMachine(i["InstanceId"], i["LaunchTime"].timestamp())
+            for i in _managed_instances(self.region_name, _ALIVE_STATES)
+        ]
+
+    def terminate(self, machine_ids: Sequence[str]) -> None:
+        session.client("ec2", self.region_name).terminate_instances(InstanceIds=list(machine_ids))
+
+    def queues(self) -> list[ManagedQueue]:
+        found = []
+        for url in _meadow_queue_urls(self.region_name):
+            name = url.rsplit("/", 1)[-1]
+            self.urls[name] = url
+            attributes = self.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["CreatedTimestamp"]
+            )["Attributes"]
+            found.append(ManagedQueue(name, float(attributes["CreatedTimestamp"])))
+        return found
+
+    def queue_name(self, queue: QueueName) -> str:
+        return sqs_queue_name(queue)
+
+    def delete_queue(self, name: str) -> None:
+        self.sqs.delete_queue(QueueUrl=self.urls[name])
 
 
 def clean(
@@ -539,92 +553,23 @@ def clean(
     results_retention_seconds: float = DEFAULT_RESULTS_RETENTION_SECONDS,
     heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
 ) -> CleanReport:
-    """Remove what nothing owns; leave anything younger than ``grace_seconds`` alone.
-
-    * instances tagged ``meadow:managed`` that the registry does not know, knows as
-      ``terminating`` for longer than the grace period, or whose agent sent no heartbeat
-      for ``heartbeat_timeout_seconds`` (it died; nothing would end the instance): terminated;
-    * registry entries whose instance is gone: removed;
-    * queues of jobs that finished (or that the registry does not know), and control
-      queues of instances that are gone: deleted;
-    * results and logs of jobs finished ``results_retention_seconds`` ago: deleted (a
-      caller reattaching to a job replays them until then).
-    """
+    """Remove what nothing owns in ``region_name`` (the policy: ``fleet.sweeper``);
+    leave anything younger than ``grace_seconds`` alone."""
     session.check_region(region_name)
-    report = CleanReport()
-    now = time.time()
-    cutoff = now - grace_seconds
-    ec2 = session.client("ec2", region_name)
     registry = _registry(region_name)
+    report = sweep(
+        _Ec2Inventory(region_name),
+        registry,
+        registry,
+        lambda: _store(region_name),
+        grace_seconds,
+        results_retention_seconds,
+        heartbeat_timeout_seconds,
+    )
     if registry is None:
         report.notes.append(
             f"no registry table in {region_name}: everything tagged as Meadow's is unowned"
         )
-    records = {r.instance_id: r for r in registry.list()} if registry else {}
-    jobs = registry.all_jobs() if registry else []
-
-    alive = {i["InstanceId"]: i for i in _managed_instances(region_name, _ALIVE_STATES)}
-    doomed = []
-    for instance_id, instance in alive.items():
-        launched = instance["LaunchTime"].timestamp()
-        record = records.get(instance_id)
-        if record is None and launched <= cutoff:
-            doomed.append(instance_id)
-        elif record is not None and record.state == TERMINATING:
-            since = record.terminating_since or record.last_activity
-            if since <= cutoff:
-                doomed.append(instance_id)
-        elif record is not None and record.last_heartbeat <= now - heartbeat_timeout_seconds:
-            doomed.append(instance_id)
-    if doomed:
-        ec2.terminate_instances(InstanceIds=doomed)
-        report.terminated_instances.extend(doomed)
-    living = set(alive) - set(doomed)
-
-    for instance_id, record in records.items():
-        if instance_id not in living and (instance_id in doomed or record.launched_at <= cutoff):
-            assert registry is not None
-            registry.remove(instance_id)
-            report.removed_registry_entries.append(instance_id)
-    # A control queue belongs to a live instance, or to one launched too recently to judge.
-    owners = living | {i for i, r in records.items() if r.launched_at > cutoff} - set(doomed)
-
-    by_queue: dict[str, dict[str, Any]] = {}
-    for job in jobs:
-        by_queue[names.job_queue_name(job["job_id"])] = job
-        by_queue[names.result_queue_name(job["job_id"])] = job
-    sqs = session.client("sqs", region_name)
-    for url in _meadow_queue_urls(region_name):
-        name = url.rsplit("/", 1)[-1]
-        created = float(
-            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])[
-                "Attributes"
-            ]["CreatedTimestamp"]
-        )
-        if name.startswith(names.CONTROL_QUEUE_PREFIX):
-            instance_id = name[len(names.CONTROL_QUEUE_PREFIX) :]
-            orphan = instance_id not in owners
-        else:
-            owner = by_queue.get(name)
-            orphan = owner is None or (
-                _finished(owner) and float(owner.get("finished") or 0) <= cutoff
-            )
-        if orphan and created <= cutoff:
-            sqs.delete_queue(QueueUrl=url)
-            report.deleted_queues.append(name)
-
-    if registry is not None and jobs:
-        store = _store(region_name)
-        for job in jobs:
-            if (
-                _finished(job)
-                and not job.get("payload_deleted")
-                and float(job.get("finished") or 0) <= now - results_retention_seconds
-            ):
-                for prefix in names.job_object_prefixes(job["job_id"]):
-                    report.deleted_objects += store.delete_prefix(prefix)
-                registry.update_job(job["job_id"], {"payload_deleted": True})
-                report.cleaned_jobs.append(job["job_id"])
     return report
 
 
