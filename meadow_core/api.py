@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
-from meadow_core import pickling, protocol
+from meadow_core import keys, pickling, protocol
 from meadow_core._portal import portal
 from meadow_core.code_snapshot import build_snapshot
 from meadow_core.deployment import Deployment
@@ -194,7 +194,7 @@ def _function_payload(
     if not callable(function):
         raise InvalidRequestError(f"function must be callable, got {type(function).__name__}")
     blob = _pickle(function, f"the function {getattr(function, '__qualname__', function)!r}")
-    key = protocol.content_key(blob, "functions")
+    key = protocol.content_key(blob, keys.FUNCTIONS)
     name = getattr(function, "__qualname__", None) or type(function).__qualname__
     return key, None, {key: blob}, name
 
@@ -501,7 +501,7 @@ async def run_function(
     if len(payload) <= protocol.INLINE_LIMIT:
         task.args_inline = payload
     else:
-        spec.args_key = protocol.content_key(payload, "args")
+        spec.args_key = protocol.content_key(payload, keys.ARGS)
         objects[spec.args_key] = payload
         task.args_range = (0, len(payload))
     if not wait_for_result:
@@ -601,7 +601,7 @@ async def _build_map(
     function_key, function_name, objects, name = _function_payload(function)
     pieces = [_pickle(item, f"argument {index} of the map") for index, item in enumerate(items)]
     blob = b"".join(pieces)
-    args_key = protocol.content_key(blob, "args")
+    args_key = protocol.content_key(blob, keys.ARGS)
     objects[args_key] = blob
     spec = JobSpec(
         job_id=_new_job_id(job_id),

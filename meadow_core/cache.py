@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from meadow_core import keys
 from meadow_core.place import LocalPlace
 
 
@@ -44,9 +45,9 @@ def cache_entries(place: LocalPlace) -> list[CacheEntry]:
                 if path.is_dir() and not path.name.startswith("."):
                     entries.append(CacheEntry(kind, path.name, path, _size(path), _last_used(path)))
     stored = (
-        ("stored environment", "envs/packed"),
-        ("stored code", "code/files"),
-        ("stored code", "code/chunks"),
+        ("stored environment", keys.ENV_PACKED),
+        ("stored code", keys.CODE_FILES),
+        ("stored code", keys.CODE_CHUNKS),
     )
     for kind, prefix in stored:
         folder = place.store.root / prefix

@@ -508,7 +508,13 @@ def _add_cloud_commands() -> None:
 
         return
     for entry in importlib.metadata.entry_points(group="meadow.aws_commands"):
-        aws.add_command(entry.load(), entry.name)
+        try:
+            aws.add_command(entry.load(), entry.name)
+        except (ImportError, AttributeError) as exc:
+            # A stale or broken plugin must not take the `meadow` command down with it.
+            logging.getLogger("meadow.cli").warning(
+                "skipping `meadow aws %s` from %s: %s", entry.name, entry.value, exc
+            )
     cli.add_command(aws)
 
 

@@ -36,6 +36,7 @@ from pyfastcdc import FastCDC
 
 from meadow_core import protocol
 from meadow_core.errors import InvalidRequestError, MeadowError
+from meadow_core.keys import CODE_CHUNKS, CODE_FILES, CODE_MANIFESTS
 from meadow_core.transport.base import ObjectStore
 from meadow_core.transport.local import LocalObjectStore
 
@@ -65,8 +66,8 @@ CHUNK_THRESHOLD = 4 << 20
 #: FastCDC's target chunk size (chunks are 256 KiB to 4 MiB). Changing it changes every
 #: chunk boundary: old chunks stay valid but are no longer shared with new snapshots.
 CHUNK_AVG_SIZE = 1 << 20
-FILES_PREFIX = "code/files"
-CHUNKS_PREFIX = "code/chunks"
+FILES_PREFIX = CODE_FILES
+CHUNKS_PREFIX = CODE_CHUNKS
 
 #: A file whose mtime or ctime is this close to when it was read is hashed again next
 #: time: a write in the same timestamp tick would not change its fingerprint.
@@ -132,7 +133,7 @@ class CodeSnapshot:
 
     @property
     def key(self) -> str:
-        return protocol.content_key(self.manifest(), "code/manifests")
+        return protocol.content_key(self.manifest(), CODE_MANIFESTS)
 
     def object_keys(self) -> list[str]:
         """Every content object the snapshot needs, each once."""
@@ -540,7 +541,7 @@ def upload_snapshot_stats(
     with _cache_lock:
         _present.update(((store_id, k), now) for k in keys)
     manifest = snapshot.manifest()
-    key = protocol.content_key(manifest, "code/manifests")
+    key = protocol.content_key(manifest, CODE_MANIFESTS)
     stored = store.put_if_absent(key, manifest)
     return UploadStats(
         key=key,

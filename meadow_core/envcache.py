@@ -48,7 +48,7 @@ from typing import Any
 
 import filelock
 
-from meadow_core import _runtime
+from meadow_core import _runtime, keys
 from meadow_core.errors import InvalidRequestError
 from meadow_core.interpreters import MEADOW_INTERPRETER, EnvironmentSpec
 from meadow_core.interpreters import uv_binary as _uv_on_caller
@@ -391,15 +391,15 @@ def entry_name(spec_key: str) -> str:
 
 def packed_key(spec_key: str, suffix: str = _ZSTD) -> str:
     """Where an environment's archive is stored (``suffix`` names the format)."""
-    return f"envs/packed/{entry_name(spec_key)}{suffix}"
+    return f"{keys.ENV_PACKED}/{entry_name(spec_key)}{suffix}"
 
 
 def packed_spec(archive_key: str) -> str | None:
     """The spec an archive in the store was built from, whatever its runtime."""
-    if not archive_key.startswith("envs/packed/"):
+    if not archive_key.startswith(keys.ENV_PACKED + "/"):
         return None
     name = archive_key.rsplit("/", 1)[-1].split(".", 1)[0]
-    return f"envs/specs/{name.rsplit('-', 1)[0]}"
+    return f"{keys.ENV_SPECS}/{name.rsplit('-', 1)[0]}"
 
 
 @functools.cache

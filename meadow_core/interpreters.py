@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 import platformdirs
 
-from meadow_core import protocol
+from meadow_core import keys, protocol
 from meadow_core.errors import InvalidRequestError
 
 #: ``PreinstalledInterpreter(MEADOW_INTERPRETER)``: the agent's own interpreter
@@ -74,7 +74,7 @@ class EnvironmentSpec:
 
     @property
     def key(self) -> str:
-        return protocol.content_key(self.to_bytes(), "envs/specs")
+        return protocol.content_key(self.to_bytes(), keys.ENV_SPECS)
 
 
 # -- checks shared by every interpreter ---------------------------------------------------

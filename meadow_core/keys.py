@@ -8,16 +8,26 @@ so the caller, the machines and the sweeper agree on where everything is.
 
 from __future__ import annotations
 
+# Content-addressed prefixes (``protocol.content_key(data, PREFIX)`` names an object).
+FUNCTIONS = "functions"
+ARGS = "args"
+CODE_MANIFESTS = "code/manifests"
+CODE_FILES = "code/files"
+CODE_CHUNKS = "code/chunks"
+ENV_SPECS = "envs/specs"
+ENV_PACKED = "envs/packed"
+BUNDLES = "bootstrap"
+
 #: Content-addressed prefixes, and what they hold (``meadow aws cache list`` shows these).
 CONTENT_PREFIXES: dict[str, str] = {
-    "functions/": "functions",
-    "args/": "arguments",
-    "code/manifests/": "code manifests",
-    "code/files/": "code files",
-    "code/chunks/": "code chunks",
-    "envs/specs/": "environment specs",
-    "envs/packed/": "environment archives",
-    "bootstrap/": "agent bundles",
+    f"{FUNCTIONS}/": "functions",
+    f"{ARGS}/": "arguments",
+    f"{CODE_MANIFESTS}/": "code manifests",
+    f"{CODE_FILES}/": "code files",
+    f"{CODE_CHUNKS}/": "code chunks",
+    f"{ENV_SPECS}/": "environment specs",
+    f"{ENV_PACKED}/": "environment archives",
+    f"{BUNDLES}/": "agent bundles",
 }
 #: Per-job prefixes: a finished job's are deleted by the sweeper and expire by age.
 JOB_PREFIXES = ("results/", "logs/")
@@ -46,6 +56,16 @@ def result_key(job_id: str, task_id: int, attempt: int) -> str:
 def task_of_result_key(key: str) -> int:
     """The task id a ``result_key`` names."""
     return int(key.rsplit("/", 1)[-1].split(".", 1)[0])
+
+
+def value_key(job_id: str, task_id: int, attempt: int) -> str:
+    """A result too large to travel inline in its outcome."""
+    return f"results/{job_id}/{task_id}.{attempt}"
+
+
+def log_key(job_id: str, task_id: int, attempt: int) -> str:
+    """A task attempt's full log in a machine's local store."""
+    return f"logs/{job_id}/{task_id}.{attempt}.log"
 
 
 def remote_log_key(job_id: str, task_id: int, attempt: int) -> str:

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from meadow_core import _runtime, protocol, retries
+from meadow_core import _runtime, keys, protocol, retries
 from meadow_core.agent.capacity import Capacity, Reservations
 from meadow_core.agent.processes import (
     MemorySampler,
@@ -753,12 +753,12 @@ class Agent:
         )
         if value is not None:
             if len(value) > protocol.INLINE_LIMIT:
-                result.value_key = f"results/{message.job_id}/{message.task_id}.{message.attempt}"
+                result.value_key = keys.value_key(message.job_id, message.task_id, message.attempt)
                 self.store.put(result.value_key, value)
             else:
                 result.value = value
         if running.lines:
-            result.log_key = f"logs/{message.job_id}/{message.task_id}.{message.attempt}.log"
+            result.log_key = keys.log_key(message.job_id, message.task_id, message.attempt)
             self.store.put(result.log_key, ("\n".join(running.lines) + "\n").encode())
         self._record(running.spec, message, result, allow_retry=True, running=running)
 
@@ -959,10 +959,10 @@ class Agent:
         """Forget jobs finished longer ago than the retention, with their results and
         logs, and drop function and argument payloads nobody used for as long."""
         for job_id in self.queue.prune(self.retention_seconds):
-            self.store.delete_prefix(f"results/{job_id}/")
-            self.store.delete_prefix(f"logs/{job_id}/")
+            for prefix in keys.job_prefixes(job_id):
+                self.store.delete_prefix(prefix)
         in_use = set(self.queue.payload_keys_of_unfinished_jobs())
-        for key in [k for k in in_use if k.startswith("code/manifests/")]:
+        for key in [k for k in in_use if k.startswith(keys.CODE_MANIFESTS + "/")]:
             with contextlib.suppress(OSError):
                 manifest = CodeSnapshot.from_manifest(self.store.get(key))
                 in_use.update(manifest.object_keys())

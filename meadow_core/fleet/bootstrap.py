@@ -26,6 +26,7 @@ from pathlib import Path
 import filelock
 import platformdirs
 
+from meadow_core import keys
 from meadow_core.interpreters import uv_binary
 from meadow_core.transport.base import ObjectStore
 
@@ -76,7 +77,7 @@ def bundle_key(extras: tuple[str, ...]) -> str:
     for path in _package_files():
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
-    return f"bootstrap/{digest.hexdigest()}.tar.gz"
+    return f"{keys.BUNDLES}/{digest.hexdigest()}.tar.gz"
 
 
 def build_bundle(extras: tuple[str, ...]) -> tuple[str, Path]:

@@ -24,7 +24,7 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
-from meadow_core import protocol
+from meadow_core import keys, protocol
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import packed_spec
 from meadow_core.keys import CONTENT_PREFIXES, spec_key
@@ -34,6 +34,8 @@ from meadow_core.transport.base import ObjectStore, StoredObjectInfo
 
 #: Content-addressed prefixes in the store, and what they hold.
 KINDS = CONTENT_PREFIXES
+#: Objects that name others: judged by their own upload time, with what they name.
+_JUDGED_BY_AGE = (keys.CODE_MANIFESTS + "/", keys.ENV_SPECS + "/")
 DEFAULT_OLDER_THAN_DAYS = 30.0
 #: Callers trust for ten minutes that an object they saw is still there.
 MIN_OLDER_THAN_SECONDS = 86400.0
@@ -98,7 +100,7 @@ def _expand(roots: Iterable[str], store: ObjectStore) -> set[str]:
     """The roots plus the code objects their manifests name (``_is_live`` adds the
     archives their environment specs name)."""
     live = set(roots)
-    manifests = [k for k in live if k.startswith("code/manifests/")]
+    manifests = [k for k in live if k.startswith(keys.CODE_MANIFESTS + "/")]
 
     def contents(key: str) -> list[str]:
         try:
@@ -126,9 +128,7 @@ def _classify(
     cutoff = now - older_than
     objects = [info for prefix in KINDS for info in store.list_objects(prefix)]
     recent_roots = {
-        o.key
-        for o in objects
-        if o.last_modified >= cutoff and o.key.startswith(("code/manifests/", "envs/specs/"))
+        o.key for o in objects if o.last_modified >= cutoff and o.key.startswith(_JUDGED_BY_AGE)
     }
     live = _expand(_live_roots(registry, store, cutoff) | recent_roots, store)
     kept: list[StoredObjectInfo] = []
@@ -197,8 +197,6 @@ def prune(
     if not dry_run:
         # Specs and manifests before the archives and code they name: an interrupted
         # prune leaves unnamed objects (the next prune's), never a manifest with holes.
-        order = sorted(
-            doomed, key=lambda o: not o.key.startswith(("code/manifests/", "envs/specs/"))
-        )
+        order = sorted(doomed, key=lambda o: not o.key.startswith(_JUDGED_BY_AGE))
         store.delete_keys(o.key for o in order)
     return report
