@@ -52,6 +52,9 @@ FLUSH_INTERVAL = 0.002
 #: Map tasks shorter than this on average get the next task queued in their worker, so
 #: the worker never waits for the agent between tasks.
 PIPELINE_BELOW_SECONDS = 0.1
+#: How many finished jobs the agent remembers having run (far more than can finish
+#: between a caller's submission and its doorbell).
+FINISHED_LATELY = 4096
 #: Finished jobs, their results and logs, and payloads nobody reused are kept this long.
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 
@@ -128,6 +131,9 @@ class Agent:
         self.reserved = Reservations(capacity)
         self.clients: set[_Client] = set()
         self.specs: dict[str, JobSpec] = {}
+        #: Jobs finished here lately, newest last: a doorbell that arrives after its job
+        #: ended (the agent's rescan ran it first) must replay, not wait forever.
+        self.finished_lately: OrderedDict[str, None] = OrderedDict()
         self.buffers: OrderedDict[str, deque[TaskMessage]] = OrderedDict()
         self.more_queued: dict[str, bool] = {}
         self.running: dict[tuple[str, int], _Running] = {}
@@ -240,10 +246,13 @@ class Agent:
             # carry the caller's watch, registered before the job can start.
             job_id = message.get("job_id")
             if job_id and "logs" in message:
-                if message.get("created"):
-                    # Just created by this caller: nothing is stored or running to replay.
+                if message.get("created") and not self._touched(job_id):
+                    # Just created by this caller, and this agent has not looked at it
+                    # yet (it is the only one that runs it): nothing to replay.
                     client.watching[job_id] = bool(message["logs"])
                 else:
+                    # Reattached, or the agent's own rescan found the job before this
+                    # doorbell arrived and may have finished it: replay what is stored.
                     self._watch(client, job_id, bool(message["logs"]), new=True)
             if job_id:
                 self.more_queued[job_id] = True
@@ -334,6 +343,10 @@ class Agent:
         }
 
     # -- scheduling ----------------------------------------------------------------
+
+    def _touched(self, job_id: str) -> bool:
+        """Whether this agent has started on the job (or finished it lately)."""
+        return job_id in self.specs or job_id in self.buffers or job_id in self.finished_lately
 
     def _spec(self, job_id: str) -> JobSpec | None:
         spec = self.specs.get(job_id)
@@ -835,6 +848,9 @@ class Agent:
             for client in self.clients:
                 client.watching.pop(job_id, None)  # a finished job needs no more watching
             self.specs.pop(job_id, None)
+            self.finished_lately[job_id] = None
+            while len(self.finished_lately) > FINISHED_LATELY:
+                self.finished_lately.popitem(last=False)
             self.running_per_job.pop(job_id, None)
             self.durations.pop(job_id, None)
             self.cancelled.discard(job_id)

@@ -25,6 +25,7 @@ from meadow_core import (
     TaskException,
     cancel_job_sync,
     deterministic_job_id,
+    get_job,
     get_job_sync,
     run_function,
     run_function_sync,
@@ -33,6 +34,7 @@ from meadow_core import (
     wait_for_job,
     wait_for_job_sync,
 )
+from meadow_core.hosts.local import _Connection
 
 
 def _alive(pid: int) -> bool:
@@ -327,3 +329,24 @@ def test_a_second_agent_for_a_served_home_exits_instead_of_waiting(host: LocalHo
         and str(host.place.home) in " ".join(p.info["cmdline"] or [])
     ]
     assert [p.pid for p in agents] == [first]
+
+
+def test_a_job_finished_before_its_doorbell_still_reaches_its_caller(
+    host: LocalHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent rescans its queue every second and may run a fast job before the
+    caller's "submitted" message arrives; that message must then replay the outcome."""
+    run_function_sync(worker_identity, host)  # the agent is up and connected
+    original = _Connection.ring
+
+    async def late_ring(self: _Connection, job_id: str, created: bool) -> None:
+        deadline = time.monotonic() + 10
+        while (await get_job(job_id, host)).state != "succeeded":  # the rescan ran it
+            assert time.monotonic() < deadline, "the agent never ran the job on its own"
+            await asyncio.sleep(0.05)
+        await original(self, job_id, created)
+
+    monkeypatch.setattr(_Connection, "ring", late_ring)
+    started = time.monotonic()
+    assert run_function_sync(lambda: 6 * 7, host) == 42
+    assert time.monotonic() - started < 10
