@@ -537,6 +537,12 @@ async def run_command(
     command = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
     if not command:
         raise InvalidRequestError("run_command needs a non-empty command")
+    for index, part in enumerate(command):
+        if "\x00" in part:
+            raise InvalidRequestError(
+                f"argument {index} of the command holds a NUL byte ({part!r}): no program "
+                "can receive one; remove it"
+            )
     objects: Objects = {}
     spec = JobSpec(
         job_id=_new_job_id(job_id),

@@ -95,6 +95,9 @@ class ErrorKind(enum.StrEnum):
     RESULT_NOT_PICKLABLE = "meadow.ResultNotPicklable"
     #: The task succeeded but the caller could not unpickle its value.
     RESULT_NOT_UNPICKLABLE = "meadow.ResultNotUnpicklable"
+    #: The agent failed around the task (a full disk, a read-only store, a damaged
+    #: queue): the message names the cause and the path.
+    AGENT_ERROR = "meadow.AgentError"
     #: A failed task whose record carries no error (should not happen).
     UNKNOWN = "meadow.Unknown"
 

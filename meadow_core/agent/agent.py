@@ -52,6 +52,8 @@ FLUSH_INTERVAL = 0.002
 #: Map tasks shorter than this on average get the next task queued in their worker, so
 #: the worker never waits for the agent between tasks.
 PIPELINE_BELOW_SECONDS = 0.1
+#: The longest wait before committing outcomes again after a failed commit.
+FLUSH_RETRY_MAX_SECONDS = 5.0
 #: How many finished jobs the agent remembers having run (far more than can finish
 #: between a caller's submission and its doorbell).
 FINISHED_LATELY = 4096
@@ -131,6 +133,7 @@ class Agent:
         self.reserved = Reservations(capacity)
         self.clients: set[_Client] = set()
         self.specs: dict[str, JobSpec] = {}
+        self.flush_failures = 0
         #: Jobs finished here lately, newest last: a doorbell that arrives after its job
         #: ended (the agent's rescan ran it first) must replay, not wait forever.
         self.finished_lately: OrderedDict[str, None] = OrderedDict()
@@ -428,9 +431,29 @@ class Agent:
         self.running[(message.job_id, message.task_id)] = running
         self.last_activity = time.monotonic()
         if spec.kind == "command":
-            self._spawn(self._run_command(running))
+            self._spawn_task(running, self._run_command(running))
         else:
-            self._spawn(self._run_function(running))
+            self._spawn_task(running, self._run_function(running))
+
+    def _spawn_task(self, running: _Running, coro: Any) -> None:
+        """Run a task's coroutine; whatever it raises ends the task with an answer for
+        its caller (never a task that stays claimed, with its CPU reserved)."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("running task %s failed in the agent", running.message.task_id)
+                self._fail_in_agent(running, f"{type(exc).__name__}: {exc}")
+
+        self._spawn(guarded())
+
+    def _fail_in_agent(self, running: _Running, cause: str) -> None:
+        """End a task the agent could not see through, storing nothing but its outcome."""
+        running.lines = []  # storing the log may be what failed
+        self._complete(running, protocol.FAILED, error=[ErrorKind.AGENT_ERROR, cause, ""])
 
     # -- running tasks -------------------------------------------------------------
 
@@ -766,13 +789,28 @@ class Agent:
         )
         if value is not None:
             if len(value) > protocol.INLINE_LIMIT:
-                result.value_key = keys.value_key(message.job_id, message.task_id, message.attempt)
-                self.store.put(result.value_key, value)
+                value_key = keys.value_key(message.job_id, message.task_id, message.attempt)
+                try:
+                    self.store.put(value_key, value)
+                    result.value_key = value_key
+                except OSError as exc:
+                    # A full or read-only store: the task's value is lost, say where.
+                    result.outcome = protocol.FAILED
+                    result.error = [
+                        ErrorKind.AGENT_ERROR,
+                        f"could not store the task's result at {self.store.location(value_key)}: "
+                        f"{exc}",
+                        "",
+                    ]
             else:
                 result.value = value
         if running.lines:
-            result.log_key = keys.log_key(message.job_id, message.task_id, message.attempt)
-            self.store.put(result.log_key, ("\n".join(running.lines) + "\n").encode())
+            log_key = keys.log_key(message.job_id, message.task_id, message.attempt)
+            try:
+                self.store.put(log_key, ("\n".join(running.lines) + "\n").encode())
+                result.log_key = log_key
+            except OSError as exc:  # the outcome matters more than its stored log
+                log.warning("could not store the log of task %s: %s", message.task_id, exc)
         self._record(running.spec, message, result, allow_retry=True, running=running)
 
     def _record(
@@ -826,6 +864,29 @@ class Agent:
         else:
             self.flush_handle = loop.call_soon(self._flush)
 
+    def _flush_failed(
+        self, outcomes: list[TaskOutcome], retries: list[TaskMessage], exc: Exception
+    ) -> None:
+        """Keep outcomes whose commit failed (a full disk, a locked or damaged database)
+        and commit them again later; their callers get them now, so nobody waits on
+        the disk (an outcome delivered twice is handed over once)."""
+        self.flush_failures += 1
+        log.error(
+            "could not store %d outcomes in %s (try %d): %s",
+            len(outcomes),
+            self.place.home / "meadow.db",
+            self.flush_failures,
+            exc,
+        )
+        self.pending_outcomes[:0] = outcomes
+        self.pending_retries[:0] = retries
+        if self.flush_failures == 1:
+            for outcome in outcomes:
+                if outcome.final:
+                    self._notify(outcome.job_id, {"op": "result", **outcome.to_wire()})
+        delay = min(FLUSH_RETRY_MAX_SECONDS, 0.1 * 2**self.flush_failures)
+        self.flush_handle = asyncio.get_running_loop().call_later(delay, self._flush)
+
     def _flush(self) -> None:
         """Store outcomes and acknowledge tasks in one transaction, then tell watchers."""
         if self.flush_handle is not None:
@@ -836,7 +897,12 @@ class Agent:
         if not outcomes and not retries:
             return
         self.pending_outcomes, self.pending_retries = [], []
-        finished = self.queue.complete(outcomes, retries)
+        try:
+            finished = self.queue.complete(outcomes, retries)
+        except Exception as exc:
+            self._flush_failed(outcomes, retries, exc)
+            return
+        self.flush_failures = 0
         if retries:
             self._request_schedule()  # the next attempts are queued now
         for outcome in outcomes:
