@@ -201,11 +201,12 @@ def _function_payload(
 
 async def _submit(
     prepared: _Prepared, spec: JobSpec, tasks: Sequence[TaskMessage], objects: Objects
-) -> JobSpec:
-    """Submit, or find the existing job with this id (reattach after a restart)."""
+) -> tuple[JobSpec, bool]:
+    """Submit, or find the existing job with this id (reattach after a restart); says
+    whether this call created the job."""
     created = await prepared.host.submit(spec, tasks, objects)
     if created:
-        return spec
+        return spec, True
     existing = await prepared.host.get_spec(spec.job_id)
     if existing is None:
         raise JobNotFoundError(f"job {spec.job_id} vanished while it was being submitted")
@@ -221,7 +222,7 @@ async def _submit(
             f"job id {spec.job_id} is already used by a different job ({existing.name!r}); "
             "use a new job_id"
         )
-    return existing
+    return existing, False
 
 
 # -- turning outcomes into results -------------------------------------------------------
@@ -278,13 +279,17 @@ async def _submitted(
 
     A caller that gives up before every outcome arrived (its coroutine cancelled, Ctrl-C,
     an error, or it stopped iterating) cancels the job it started; nobody would collect
-    the rest. Waiting on an existing job (``wait_for_job``) never cancels it.
+    the rest. A caller that reattached to a job another caller created (the same
+    deterministic job id) only stops waiting: the job is its creator's. Waiting on an
+    existing job (``wait_for_job``) never cancels it either.
     """
+    created: bool | None = None  # unknown until the submission answers
     async with _watched(prepared.host, spec, new=True) as job_watch:
         try:
-            yield await _submit(prepared, spec, tasks, objects), job_watch
+            submitted, created = await _submit(prepared, spec, tasks, objects)
+            yield submitted, job_watch
         except BaseException:
-            if not job_watch.all_delivered:
+            if created is not False and not job_watch.all_delivered:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(prepared.host.cancel(spec.job_id))
             raise
@@ -505,7 +510,7 @@ async def run_function(
         objects[spec.args_key] = payload
         task.args_range = (0, len(payload))
     if not wait_for_result:
-        spec = await _submit(prepared, spec, [task], objects)
+        spec, _ = await _submit(prepared, spec, [task], objects)
         return JobHandle(spec.job_id, prepared.host, spec.kind)
     async with _submitted(prepared, spec, [task], objects) as (spec, job_watch):
         return await _function_result(prepared.host, spec, job_watch)
@@ -557,7 +562,7 @@ async def run_command(
     )
     tasks = [TaskMessage(spec.job_id, 0)]
     if not wait_for_result:
-        spec = await _submit(prepared, spec, tasks, objects)
+        spec, _ = await _submit(prepared, spec, tasks, objects)
         return JobHandle(spec.job_id, prepared.host, spec.kind)
     async with _submitted(prepared, spec, tasks, objects) as (spec, job_watch):
         return await _command_completion(prepared.host, spec, job_watch, check)
@@ -672,7 +677,7 @@ async def run_map(
         timeout_seconds,
     )
     if not wait_for_result:
-        spec = await _submit(job.prepared, job.spec, job.tasks, job.objects)
+        spec, _ = await _submit(job.prepared, job.spec, job.tasks, job.objects)
         return JobHandle(spec.job_id, job.prepared.host, spec.kind)
     async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (spec, job_watch):
         return await _map_results(job.prepared.host, spec, job_watch)

@@ -44,7 +44,8 @@ class _Connection:
         self.host = host
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.watches: dict[str, tuple[JobWatch, bool]] = {}
+        #: Every watch of this loop per job (callers of one process may share a job).
+        self.watches: dict[str, list[JobWatch]] = {}
         self.pending_watches: dict[str, bool] = {}
         self.status_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.reader_task: asyncio.Task[None] | None = None
@@ -62,9 +63,9 @@ class _Connection:
             self.reader_task = asyncio.ensure_future(self._read(self.reader))
             # An agent of another Meadow version (from before an upgrade) retires.
             self._send({"op": "hello", "version": _runtime.__version__})
-            for job_id, (_, logs) in self.watches.items():
+            for job_id in self.watches:
                 if job_id not in self.pending_watches:  # those go with their doorbell
-                    self._send({"op": "watch", "job_id": job_id, "logs": logs, "new": True})
+                    self._send({"op": "watch", "job_id": job_id, "logs": True, "new": True})
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -113,7 +114,7 @@ class _Connection:
                 return
             except Exception as exc:
                 error = exc
-        for job_watch, _ in list(self.watches.values()):
+        for job_watch in [w for watchers in self.watches.values() for w in watchers]:
             job_watch.on_error(
                 AgentUnavailableError(f"lost the Meadow agent and could not restart it: {error}")
             )
@@ -122,21 +123,17 @@ class _Connection:
         op = message.get("op")
         if op == "result":
             outcome = TaskOutcome.from_wire(message)
-            entry = self.watches.get(outcome.job_id)
-            if entry:
-                entry[0].on_result(outcome)
+            for job_watch in list(self.watches.get(outcome.job_id, ())):
+                job_watch.on_result(outcome)
         elif op == "log":
-            entry = self.watches.get(message["job_id"])
-            if entry:
-                entry[0].on_log(message["task_id"], message["attempt"], message["lines"])
+            for job_watch in list(self.watches.get(message["job_id"], ())):
+                job_watch.on_log(message["task_id"], message["attempt"], message["lines"])
         elif op == "job_done":
-            entry = self.watches.get(message["job_id"])
-            if entry:
-                entry[0].on_done(message["state"])
+            for job_watch in list(self.watches.get(message["job_id"], ())):
+                job_watch.on_done(message["state"])
         elif op == "job_unknown":
-            entry = self.watches.get(message["job_id"])
-            if entry:
-                entry[0].on_unknown()
+            for job_watch in list(self.watches.get(message["job_id"], ())):
+                job_watch.on_unknown()
         elif op == "status":
             waiter = self.status_waiters.pop(message.get("ref") or 0, None)
             if waiter and not waiter.done():
@@ -147,21 +144,30 @@ class _Connection:
         self, job_id: str, num_tasks: int, kind: str, new: bool
     ) -> AsyncIterator[JobWatch]:
         job_watch = JobWatch(job_id, num_tasks, kind)
-        logs = True
-        self.watches[job_id] = (job_watch, logs)
+        watchers = self.watches.setdefault(job_id, [])
+        first = not watchers
+        watchers.append(job_watch)
         try:
-            if new:
+            if new and first:
                 # Sent with the submission's doorbell: one message instead of two.
-                self.pending_watches[job_id] = logs
+                self.pending_watches[job_id] = True
             else:
-                await self.send({"op": "watch", "job_id": job_id, "logs": logs, "new": new})
+                # Also a second watch of a job this loop already follows: the agent
+                # replays what is stored (each watch hands every task over once).
+                await self.send({"op": "watch", "job_id": job_id, "logs": True, "new": new})
             yield job_watch
         finally:
-            self.watches.pop(job_id, None)
-            self.pending_watches.pop(job_id, None)
-            if not job_watch.finished and self.writer is not None and not self.writer.is_closing():
-                with contextlib.suppress(Exception):
-                    self._send({"op": "unwatch", "job_id": job_id})
+            watchers.remove(job_watch)
+            if not watchers:
+                self.watches.pop(job_id, None)
+                self.pending_watches.pop(job_id, None)
+                if (
+                    not job_watch.finished
+                    and self.writer is not None
+                    and not self.writer.is_closing()
+                ):
+                    with contextlib.suppress(Exception):
+                        self._send({"op": "unwatch", "job_id": job_id})
 
     async def ring(self, job_id: str, created: bool) -> None:
         """Tell the agent a job was submitted, registering a pending watch with it."""

@@ -4,6 +4,7 @@ cancellation. Each test uses its own home, so each has its own agent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -29,6 +30,7 @@ from meadow_core import (
     get_job_sync,
     run_function,
     run_function_sync,
+    run_map,
     run_map_as_completed_sync,
     run_map_sync,
     wait_for_job,
@@ -350,3 +352,31 @@ def test_a_job_finished_before_its_doorbell_still_reaches_its_caller(
     started = time.monotonic()
     assert run_function_sync(lambda: 6 * 7, host) == 42
     assert time.monotonic() - started < 10
+
+
+def test_a_reattached_caller_that_gives_up_leaves_the_job_to_its_creator(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    """Ctrl-C in a second caller that reattached by the deterministic job id stops that
+    caller's wait; only the creator's giving up cancels the job."""
+    job_id = deterministic_job_id("run", "shared-step", 1)
+    inputs = [(str(tmp_path), index, 0.3) for index in range(6)]
+
+    async def scenario() -> list[int]:
+        creator = asyncio.ensure_future(
+            run_map(sleep_and_mark, inputs, host, job_id=job_id, num_concurrent_tasks=2)
+        )
+        while not list(tmp_path.glob("started-*")):
+            await asyncio.sleep(0.02)
+        follower = asyncio.ensure_future(
+            run_map(sleep_and_mark, inputs, host, job_id=job_id, num_concurrent_tasks=2)
+        )
+        await asyncio.sleep(0.3)  # the follower is attached and waiting
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        return await asyncio.wait_for(creator, 60)
+
+    assert asyncio.run(scenario()) == list(range(6))
+    assert get_job_sync(job_id, host).state == "succeeded"
+    assert len(list(tmp_path.glob("done-*"))) == 6, "every task ran to its end"
