@@ -18,7 +18,15 @@ import re
 import shlex
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
@@ -45,7 +53,7 @@ _U = TypeVar("_U")
 #: Objects to upload for a job: bytes, or a file read only if the store lacks the key.
 Objects = dict[str, bytes | Path]
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _default_host: Host | None = None
 
 
@@ -158,7 +166,7 @@ async def _environment(prepared: _Prepared, objects: Objects) -> Environment:
 def _new_job_id(job_id: str | None) -> str:
     if job_id is None:
         return f"job-{uuid.uuid4().hex[:20]}"
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise InvalidRequestError(
             f"job_id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-'; "
             "use deterministic_job_id(...) to derive one"
@@ -576,6 +584,26 @@ class _MapJob:
     objects: Objects
 
 
+def _map_inputs(args: object) -> list[Any]:
+    """A map's inputs as a list, refusing what is surely a mistake (before any upload)."""
+    if args is None:
+        raise InvalidRequestError("run_map needs args: a sequence of inputs, one per task")
+    if isinstance(args, str | bytes | bytearray):
+        raise InvalidRequestError(
+            f"args is a {type(args).__name__}, which would map over its characters: pass "
+            "[value] for one task on it, or list(value) if characters are really meant"
+        )
+    if isinstance(args, Mapping):
+        raise InvalidRequestError(
+            "args is a mapping: pass list(args.items()), list(args) or list(args.values())"
+        )
+    if not isinstance(args, Iterable):
+        raise InvalidRequestError(
+            f"args must be a sequence of inputs, one per task, got {type(args).__name__}"
+        )
+    return list(args)
+
+
 async def _build_map(
     function: Callable[[_T], _U],
     args: Sequence[_T],
@@ -660,6 +688,7 @@ async def run_map(
     of a memory-bound task gets n times the memory. If any task still fails,
     ``RunMapTasksFailedException`` lists every failure and carries the other results.
     """
+    args = _map_inputs(args)
     if not args:
         return [] if wait_for_result else None
     job = await _build_map(
@@ -699,6 +728,7 @@ async def run_map_as_completed(
     timeout_seconds: float | None = None,
 ) -> AsyncIterator[TaskResult[_U]]:
     """Like ``run_map``, but yields each task's ``TaskResult`` as soon as it is final."""
+    args = _map_inputs(args)
     if not args:
         return
     job = await _build_map(

@@ -154,7 +154,13 @@ class Deployment:
                 "repository (PipRequirementsFile, UvProjectPath, PoetryProjectPath)"
             )
         export, _ = checkout(repo_url, branch, commit, ssh_key_secret)
-        source = export / (path_to_source or "")
+        export = export.resolve()
+        source = (export / (path_to_source or "")).resolve()
+        if not source.is_relative_to(export):
+            raise InvalidRequestError(
+                f"path_to_source {path_to_source!r} leaves the checkout of {repo_url}: name "
+                "a folder inside the repository"
+            )
         if not source.is_dir():
             raise InvalidRequestError(
                 f"path_to_source {path_to_source!r} is not a folder of {repo_url} at that commit"

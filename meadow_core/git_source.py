@@ -123,7 +123,7 @@ def _checkout(
     with filelock.FileLock(str(root) + ".lock", timeout=600):
         try:
             if not (mirror / "HEAD").exists():
-                _git(["clone", "--mirror", "--quiet", repo_url, str(mirror)], ssh_key=key)
+                _git(["clone", "--mirror", "--quiet", "--", repo_url, str(mirror)], ssh_key=key)
             else:
                 _git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror, ssh_key=key)
         except _GitError as exc:

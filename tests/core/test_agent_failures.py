@@ -40,7 +40,7 @@ def host(tmp_path: Path) -> Iterator[LocalHost]:
 
 
 def test_a_nul_byte_in_a_command_is_refused_before_anything_runs(host: LocalHost) -> None:
-    with pytest.raises(InvalidRequestError, match="argument 1 .* NUL byte"):
+    with pytest.raises(InvalidRequestError, match=r"argument 1 .* NUL byte"):
         run_command_sync(["echo", "a\x00b"], host)
     assert host.agent_pid() is None, "nothing was started for a request that cannot run"
 

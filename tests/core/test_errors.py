@@ -12,6 +12,7 @@ import tasks
 
 from meadow_core import (
     ErrorKind,
+    InvalidRequestError,
     JobState,
     LocalHost,
     Outcome,
@@ -211,3 +212,23 @@ def test_map_failures_raise_with_their_outcome(host: LocalHost) -> None:
     with pytest.raises(TaskException) as raised:
         failed.result_or_raise()
     assert raised.value.outcome is Outcome.FAILED and raised.value.task_id == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (None, "run_map needs args"),
+        ("abc", "args is a str, which would map over its characters"),
+        ({"a": 1}, "args is a mapping"),
+        (42, "args must be a sequence of inputs, one per task, got int"),
+    ],
+)
+def test_map_inputs_that_are_surely_mistakes_are_refused(args: object, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        run_map_sync(str, args, LocalHost(home=Path("/nonexistent/never-created")))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("job_id", ["job\n", "job\nrm -rf", "", "-leading-dash", "a" * 129])
+def test_malformed_job_ids_are_refused(job_id: str) -> None:
+    with pytest.raises(InvalidRequestError, match="job"):
+        run_function_sync(str, LocalHost(home=Path("/nonexistent/never-created")), job_id=job_id)
