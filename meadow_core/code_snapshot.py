@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from meadow_core.errors import InvalidRequestError, MeadowError
 from meadow_core.keys import CODE_CHUNKS, CODE_FILES, CODE_MANIFESTS
 from meadow_core.transport.base import ObjectStore
 from meadow_core.transport.local import LocalObjectStore
+
+log = logging.getLogger("meadow.code")
 
 #: Never part of a snapshot, in gitignore syntax; a root's ``.meadowignore`` adds more.
 DEFAULT_IGNORES = (
@@ -386,7 +389,7 @@ def _walk(
     """(posix path relative to ``root``, entry) of every regular file under ``root``
     that is not ``ignored`` and that ``want`` accepts by name. Symlinked directories and
     directories holding a ``pyvenv.cfg`` (a virtualenv is an environment, not code) are
-    not entered."""
+    not entered; a symlinked file counts only if its target is inside ``root``."""
     pending = [("", root)]
     while pending:
         relative_dir, directory = pending.pop()
@@ -403,6 +406,18 @@ def _walk(
                     ):
                         pending.append((relative + "/", entry.path))
                 elif want(entry.name) and entry.is_file() and not ignored.file(relative):
+                    if entry.is_symlink():
+                        target = os.path.realpath(entry.path)
+                        if not target.startswith(root + os.sep):
+                            # Never ship what a link outside the code root points at
+                            # (a link to /etc/shadow, to another user's files).
+                            log.warning(
+                                "not shipping %s: it links to %s, outside %s",
+                                entry.path,
+                                target,
+                                root,
+                            )
+                            continue
                     yield relative, entry
             except OSError:
                 continue  # vanished or unreadable: not part of the snapshot

@@ -197,3 +197,20 @@ def test_materialize_leaves_nothing_half_made_when_an_object_is_missing(tmp_path
     upload_snapshot_stats(*build_snapshot([str(project)], None), store)
     paths, _ = materialize(stats.key, store, cache)
     assert (Path(paths[0]) / "b.py").read_text() == "B = 2\n"
+
+
+def test_a_link_out_of_the_code_root_never_ships_its_target(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "outside" / "secret.py"
+    secret.parent.mkdir()
+    secret.write_text("TOKEN = 'not yours'\n")
+    project = tmp_path / "p"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pkg" / "real.py").write_text("VALUE = 1\n")
+    (project / "pkg" / "alias.py").symlink_to(project / "pkg" / "real.py")  # stays inside
+    (project / "stolen.py").symlink_to(secret)
+    snapshot, sources = build_snapshot([str(project)], (".py",))
+    assert sorted(f.path for f in snapshot.files) == ["pkg/alias.py", "pkg/real.py"]
+    assert all(b"not yours" not in sources.read(k) for k in snapshot.object_keys())
+    assert "stolen.py" in caplog.text and "outside" in caplog.text
