@@ -36,3 +36,8 @@ class JobCancelledError(MeadowError):
 
 class AgentUnavailableError(MeadowError):
     """The Meadow agent for a host could not be started or reached."""
+
+
+class UnsafeHomeError(MeadowError, PermissionError):
+    """A Meadow home another user owns or may write: jobs planted there would run as
+    its owner. The message says how to fix the folder or which home to use instead."""

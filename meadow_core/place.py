@@ -10,11 +10,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import socket
+import stat
+import struct
 import sys
 from pathlib import Path
 
 import platformdirs
 
+from meadow_core.errors import UnsafeHomeError
 from meadow_core.transport.local import LocalObjectStore, SqliteJobQueue
 
 
@@ -34,7 +38,7 @@ class LocalPlace:
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
-        self.home.mkdir(parents=True, exist_ok=True)
+        make_private_home(self.home)
         self._store: LocalObjectStore | None = None
         self._queue: SqliteJobQueue | None = None
 
@@ -77,3 +81,38 @@ class LocalPlace:
     @property
     def scratch_dir(self) -> Path:
         return self.home / "scratch"
+
+
+def make_private_home(home: Path) -> None:
+    """Create ``home`` readable and writable by its owner only (whatever the umask), or
+    check an existing one: it must be this user's and writable by nobody else, as ssh
+    refuses a key others can write. Anyone who can write the home can plant jobs its
+    agent runs as its owner."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(mode=0o700)
+        os.chmod(home, 0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        pass
+    info = home.stat()
+    if info.st_uid != os.geteuid():
+        raise UnsafeHomeError(
+            f"the Meadow home {home} belongs to uid {info.st_uid}, not to you (uid "
+            f"{os.geteuid()}): set MEADOW_HOME (or LocalHost(home=...)) to a folder of yours"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeHomeError(
+            f"the Meadow home {home} can be written by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):o}), who could plant jobs that run as you: run "
+            f"`chmod 700 {home}` or use another home"
+        )
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (the kernel's word,
+    not the peer's)."""
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    uid, _ = sock.getpeereid()  # type: ignore[attr-defined]  # BSD, macOS
+    return int(uid)

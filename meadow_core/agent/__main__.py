@@ -46,6 +46,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    os.umask(0o077)  # its log, scratch files and stored objects are its user's only
     place = LocalPlace(args.home)
     os.environ[AGENT_HOME_VARIABLE] = str(place.home)
     # Tasks open it via current_task(): this home's store, unless the machine's owner

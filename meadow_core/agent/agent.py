@@ -33,7 +33,7 @@ from meadow_core.agent.processes import (
 )
 from meadow_core.code_snapshot import CodeSnapshot, materialize
 from meadow_core.envcache import ensure_environment
-from meadow_core.place import LocalPlace
+from meadow_core.place import LocalPlace, peer_uid
 from meadow_core.protocol import Environment, ErrorKind, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import DEFAULT_TASK_CPU
 
@@ -226,6 +226,16 @@ class Agent:
     async def _handle_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        # The socket is an abstract name anyone on the machine can connect to: only the
+        # agent's own user may watch, cancel or stop its jobs.
+        peer = writer.get_extra_info("socket")
+        uid = peer_uid(peer) if peer is not None else -1
+        if uid != os.geteuid():
+            log.warning(
+                "refused a connection from uid %d (this agent serves uid %d)", uid, os.geteuid()
+            )
+            writer.close()
+            return
         client = _Client(writer)
         self.clients.add(client)
         try:

@@ -27,7 +27,7 @@ from meadow_core import _runtime, protocol
 from meadow_core.agent.capacity import Capacity
 from meadow_core.errors import AgentUnavailableError
 from meadow_core.hosts.base import Host
-from meadow_core.place import LocalPlace, default_home
+from meadow_core.place import LocalPlace, default_home, peer_uid
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import DEFAULT_TASK_CPU, Resources
 from meadow_core.watch import JobWatch
@@ -57,9 +57,20 @@ class _Connection:
             if self.writer is not None and not self.writer.is_closing():
                 return
             await asyncio.to_thread(self.host.start_agent)
-            self.reader, self.writer = await asyncio.open_unix_connection(
+            reader, writer = await asyncio.open_unix_connection(
                 self.host.place.socket_address, limit=2**26
             )
+            # Another user could have bound the agent's name first: never send work to,
+            # or unpickle a "result" from, anyone but an agent of this user.
+            uid = peer_uid(writer.get_extra_info("socket"))
+            if uid != os.geteuid():
+                writer.close()
+                raise AgentUnavailableError(
+                    f"the socket of the Meadow agent for {self.host.place.home} is held by a "
+                    f"process of uid {uid}, not yours (uid {os.geteuid()}): refusing to use "
+                    "it; stop that process, or use another home"
+                )
+            self.reader, self.writer = reader, writer
             self.reader_task = asyncio.ensure_future(self._read(self.reader))
             # An agent of another Meadow version (from before an upgrade) retires.
             self._send({"op": "hello", "version": _runtime.__version__})

@@ -188,6 +188,9 @@ class SqliteJobQueue(JobQueue):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Job environment variables and small results live here: the owner's only (the
+        # write-ahead log and shared memory files SQLite makes take this mode too).
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self._local = threading.local()
         self._db().executescript(_SCHEMA)
 
