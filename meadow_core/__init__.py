@@ -47,6 +47,14 @@ if TYPE_CHECKING:
         UnsatisfiableResourcesError,
     )
     from meadow_core.hosts import Host, LocalHost
+    from meadow_core.hosts.config import (
+        HostConfigError,
+        host_from_config,
+        host_from_string,
+        host_to_config,
+        host_types,
+        register_host,
+    )
     from meadow_core.interpreters import (
         MEADOW_INTERPRETER,
         CondaEnvironmentFile,
@@ -83,6 +91,7 @@ __all__ = [
     "ErrorKind",
     "FileSecret",
     "Host",
+    "HostConfigError",
     "InterpreterSpecFile",
     "InvalidRequestError",
     "JobCancelledError",
@@ -117,10 +126,15 @@ __all__ = [
     "deterministic_job_id",
     "get_job",
     "get_job_sync",
+    "host_from_config",
+    "host_from_string",
+    "host_to_config",
+    "host_types",
     "list_jobs",
     "list_jobs_sync",
     "read_task_log",
     "read_task_log_sync",
+    "register_host",
     "route_logs",
     "run_command",
     "run_command_sync",
@@ -174,6 +188,14 @@ _SOURCES = {
         "UnsatisfiableResourcesError",
     ],
     "meadow_core.hosts": ["Host", "LocalHost"],
+    "meadow_core.hosts.config": [
+        "HostConfigError",
+        "host_from_config",
+        "host_from_string",
+        "host_to_config",
+        "host_types",
+        "register_host",
+    ],
     "meadow_core.interpreters": [
         "MEADOW_INTERPRETER",
         "CondaEnvironmentFile",

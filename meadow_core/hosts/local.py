@@ -205,6 +205,11 @@ class LocalHost(Host):
         self.__dict__.update(state)
         self.__post_init__()
 
+    def config_settings(self) -> dict[str, Any]:
+        """The settings, with the home resolved: a process that rebuilds this host from
+        its config (an Airflow triggerer) may have another ``$MEADOW_HOME``."""
+        return {**super().config_settings(), "home": str(self.place.home)}
+
     # -- the agent -------------------------------------------------------------------
 
     def _agent_reachable(self) -> bool:
