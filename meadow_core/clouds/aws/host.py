@@ -9,6 +9,7 @@ Everything a submission, a watch or an allocation does is generic (``remote.call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -69,6 +70,14 @@ class AllocEC2Instance(AllocVM):
     security_group_ids: str | Sequence[str] | None = None
     iam_role_instance_profile: str | None = None
     idle_timeout: float = 300.0
+
+    takes_credentials = True
+
+    def credentials(self, credentials: object) -> contextlib.AbstractContextManager[None]:
+        """Run the block as ``credentials`` (``session.as_credentials`` says what it
+        takes: a ``boto3.Session``, a mapping of ``AwsCredentials`` fields); ``None``
+        leaves boto3's chain in charge."""
+        return session.using(session.as_credentials(credentials))
 
     @property
     def _state(self) -> _Ec2State:
