@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from meadow_core.hosts import Host, LocalHost
     from meadow_core.hosts.config import (
         HostConfigError,
+        HostSetting,
+        host_class,
         host_from_config,
         host_from_string,
         host_to_config,
@@ -92,6 +94,7 @@ __all__ = [
     "FileSecret",
     "Host",
     "HostConfigError",
+    "HostSetting",
     "InterpreterSpecFile",
     "InvalidRequestError",
     "JobCancelledError",
@@ -126,6 +129,7 @@ __all__ = [
     "deterministic_job_id",
     "get_job",
     "get_job_sync",
+    "host_class",
     "host_from_config",
     "host_from_string",
     "host_to_config",
@@ -190,6 +194,8 @@ _SOURCES = {
     "meadow_core.hosts": ["Host", "LocalHost"],
     "meadow_core.hosts.config": [
         "HostConfigError",
+        "HostSetting",
+        "host_class",
         "host_from_config",
         "host_from_string",
         "host_to_config",

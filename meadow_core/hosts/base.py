@@ -20,7 +20,8 @@ from meadow_core.resources import Resources
 from meadow_core.watch import JobWatch
 
 if TYPE_CHECKING:
-    from meadow_core.hosts.config import Setting
+    from meadow_core.hosts.config import HostSetting
+    from meadow_core.transport.base import ObjectStore
 
 #: What an orchestrator hands a host as credentials (``Host.credentials``): a cloud
 #: SDK's session object (a ``boto3.Session``; an Azure credential later) or a mapping of
@@ -43,7 +44,7 @@ class Host(abc.ABC):
     # -- config and credentials (``meadow_core.hosts.config``) ----------------------------
 
     @classmethod
-    def config_schema(cls) -> list[Setting]:
+    def config_schema(cls) -> list[HostSetting]:
         """The settings ``host_from_config`` accepts for this host: its dataclass fields,
         for adapters that build their own schema (Dagster ``Field``s)."""
         from meadow_core.hosts.config import settings_of
@@ -121,6 +122,12 @@ class Host(abc.ABC):
     async def write_object(self, key: str, data: bytes) -> None:
         """Store bytes under ``key`` in the host's object store (adapters keep outputs
         there that task code reads back through ``current_task().store``)."""
+
+    def object_store(self) -> ObjectStore:
+        """The host's object store, reachable from the caller and from every machine of
+        the host (an IO manager keeps outputs there; tasks reach the same store through
+        ``current_task().store``)."""
+        raise NotImplementedError(f"{type(self).__name__} offers no object store")
 
     @abc.abstractmethod
     def object_location(self, key: str) -> str:

@@ -113,7 +113,7 @@ _NO_DEFAULT: Any = dataclasses.MISSING
 
 
 @dataclasses.dataclass(frozen=True)
-class Setting:
+class HostSetting:
     """One setting of a host type, for adapters that build their own config schema."""
 
     name: str
@@ -152,7 +152,7 @@ def _kind(annotation: Any) -> tuple[Kind, bool]:
     return "any", nullable
 
 
-def settings_of(cls: type[Host]) -> list[Setting]:
+def settings_of(cls: type[Host]) -> list[HostSetting]:
     """The settings of a dataclass host: its ``init`` fields, typed and with defaults."""
     hints = typing.get_type_hints(cls)
     found = []
@@ -167,7 +167,7 @@ def settings_of(cls: type[Host]) -> list[Setting]:
         else:
             default = _NO_DEFAULT
         description = str(field.metadata.get("description", ""))
-        found.append(Setting(field.name, kind, nullable, _plain(default), description))
+        found.append(HostSetting(field.name, kind, nullable, _plain(default), description))
     return found
 
 
@@ -187,7 +187,7 @@ def _plain(value: Any) -> Any:
 _ACCEPTS: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "int": (int,)}
 
 
-def _check_value(type_name: str, setting: Setting, value: Any) -> Any:
+def _check_value(type_name: str, setting: HostSetting, value: Any) -> Any:
     if value is None:
         if setting.nullable:
             return None
@@ -282,7 +282,7 @@ def _split_settings(text: str) -> list[str]:
     return [p for p in (p.strip() for p in parts) if p]
 
 
-def _parse_value(type_name: str, setting: Setting | None, text: str) -> Any:
+def _parse_value(type_name: str, setting: HostSetting | None, text: str) -> Any:
     if setting is None or setting.kind == "any":
         try:
             return json.loads(text)

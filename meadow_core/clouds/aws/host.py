@@ -64,12 +64,18 @@ class AllocEC2Instance(AllocVM):
     without work before it terminates itself.
     """
 
-    region_name: str | None = None
+    region_name: str | None = dataclasses.field(
+        default=None,
+        metadata={"description": "AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION)."},
+    )
     ami_id: str | None = None
     subnet_id: str | None = None
     security_group_ids: str | Sequence[str] | None = None
     iam_role_instance_profile: str | None = None
-    idle_timeout: float = 300.0
+    idle_timeout: float = dataclasses.field(
+        default=300.0,
+        metadata={"description": "Seconds an instance waits without work before it ends."},
+    )
 
     takes_credentials = True
 
