@@ -40,10 +40,11 @@ def _aws(conn_id: str, conn: Any) -> object:
     except ImportError:
         return _aws_fallback(conn)
     hook = AwsBaseHook(aws_conn_id=conn_id, client_type=None)
+    config = hook.conn_config  # the provider's reading of the connection (no client made)
     return {
         "session": hook.get_session(),
-        "endpoint_url": hook.conn_config.endpoint_url,
-        "region_name": hook.conn_region_name,
+        "endpoint_url": config.endpoint_url,
+        "region_name": config.region_name,
     }
 
 
