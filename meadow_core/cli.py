@@ -21,7 +21,9 @@ from rich.table import Table
 from meadow_core import api, cache
 from meadow_core._portal import portal
 from meadow_core.errors import MeadowError
+from meadow_core.hosts import config as host_config
 from meadow_core.hosts.base import Host
+from meadow_core.hosts.config import HostConfigError
 from meadow_core.hosts.local import DEFAULT_IDLE_TIMEOUT, LocalHost
 from meadow_core.protocol import JobRecord, Outcome
 from meadow_core.resources import Resources
@@ -44,22 +46,30 @@ def _local_host(ctx: click.Context) -> LocalHost:
 
 
 def _host(ctx: click.Context) -> Host:
-    """Where job commands go: ``--ec2`` (or ``--region``) means EC2, else this machine."""
+    """Where job commands go: ``--host`` (``--ec2`` and ``--region`` name the ``ec2``
+    host), else this machine. ``--home`` and ``--idle-timeout`` fill in the host's
+    settings of those names that ``--host`` left out."""
+    host: Host | None = ctx.obj.get("host")
+    if host is not None:
+        return host
     options = ctx.obj["options"]
-    if not (options["ec2"] or options["region"]):
-        return _local_host(ctx)
-    host: Host | None = ctx.obj.get("ec2_host")
-    if host is None:
-        try:
-            from meadow_core.clouds.aws.host import AllocEC2Instance
-        except ImportError as exc:
-            message = f"--ec2 needs boto3 ({exc}): pip install 'meadow[aws]'"
-            raise click.UsageError(message) from None
-        settings: dict[str, Any] = {"region_name": options["region"]}
-        if options["idle_timeout"] is not None:
-            settings["idle_timeout"] = options["idle_timeout"]
-        host = AllocEC2Instance(**settings)
-        ctx.obj["ec2_host"] = host
+    if options["host"] is not None and (options["ec2"] or options["region"]):
+        raise click.UsageError("--host names the host: leave out --ec2 and --region")
+    try:
+        if options["host"] is not None:
+            config = host_config.parse_host_string(options["host"])
+        elif options["ec2"] or options["region"]:
+            config = {"type": "ec2", "region_name": options["region"]}
+        else:
+            return _local_host(ctx)
+        known = {s.name for s in host_config.host_class(config["type"]).config_schema()}
+        for name in ("home", "idle_timeout"):
+            if name in known and name not in config and options[name] is not None:
+                config[name] = options[name]
+        host = host_config.host_from_config(config)
+    except HostConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.obj["host"] = host
     return host
 
 
@@ -136,18 +146,24 @@ def _with_resource_options(function: Callable[..., Any]) -> Callable[..., Any]:
     "--idle-timeout",
     type=float,
     default=None,
-    help=f"Seconds an agent (or an EC2 instance) started by this command waits without "
-    f"work before exiting [default: {DEFAULT_IDLE_TIMEOUT:g} here, 300 on EC2].",
+    help=f"Seconds an agent (or a cloud machine) started by this command waits without "
+    f"work before exiting, for a host with an idle_timeout setting [default: the host's; "
+    f"{DEFAULT_IDLE_TIMEOUT:g} here].",
 )
 @click.option(
-    "--ec2",
-    is_flag=True,
-    help="Run and inspect jobs on EC2 (AllocEC2Instance) instead of this machine.",
+    "--host",
+    "host",
+    default=None,
+    metavar="TYPE[:SETTING=VALUE,...]",
+    help="Where job commands run: a host type and its settings, e.g. `local` or "
+    "`ec2:region_name=us-east-2,idle_timeout=60` (a list as [a,b]; or the config as "
+    "JSON) [default: this machine].",
 )
+@click.option("--ec2", is_flag=True, help="Same as --host ec2.")
 @click.option(
     "--region",
     default=None,
-    help="AWS region for --ec2 (implies it; default: AWS_DEFAULT_REGION or your profile's).",
+    help="Same as --host ec2:region_name=REGION (default: AWS_DEFAULT_REGION or your profile's).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the remote output.")
 @click.pass_context
@@ -155,14 +171,21 @@ def cli(
     ctx: click.Context,
     home: str | None,
     idle_timeout: float | None,
+    host: str | None,
     ec2: bool,
     region: str | None,
     quiet: bool,
 ) -> None:
     """Meadow runs functions, commands and maps on machines it provisions: this one, or
-    EC2 instances with --ec2."""
+    a cloud's with --host (e.g. --host ec2)."""
     ctx.ensure_object(dict)
-    ctx.obj["options"] = {"home": home, "idle_timeout": idle_timeout, "ec2": ec2, "region": region}
+    ctx.obj["options"] = {
+        "home": home,
+        "idle_timeout": idle_timeout,
+        "host": host,
+        "ec2": ec2,
+        "region": region,
+    }
     _setup_logging(quiet)
 
 

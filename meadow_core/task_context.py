@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import urllib.parse
-from pathlib import Path
 
 from meadow_core.transport.base import ObjectStore
+from meadow_core.transport.urls import open_store
+
+__all__ = ["TaskContext", "current_task", "open_store", "set_current_task"]
 
 #: Environment variables the agent sets for task processes.
 JOB_ID_VARIABLE = "MEADOW_JOB_ID"
@@ -35,36 +36,11 @@ class TaskContext:
 
     @property
     def store(self) -> ObjectStore:
-        """The object store of the place this task runs in."""
+        """The object store of the place this task runs in (opened by its URL's scheme)."""
         return open_store(self.store_location)
 
 
 _current: TaskContext | None = None
-
-
-def open_store(location: str) -> ObjectStore:
-    """An object store from its location: a directory path for LocalHost,
-    ``s3://<bucket>?region=<region>`` for a bucket (through boto3's chain; on an
-    instance, its role)."""
-    if location.startswith("s3://"):
-        try:
-            import boto3  # noqa: F401  (what the bucket is reached through)
-        except ImportError:
-            # Built environments carry only what the worker itself needs; botocore
-            # alone is ~100 MB, so it travels only where a task asks for it.
-            raise ImportError(
-                "current_task().store on EC2 is Meadow's S3 bucket and needs boto3 in the "
-                "task's environment: add boto3 to the deployment's requirements"
-            ) from None
-        from meadow_core.clouds.aws import session
-        from meadow_core.clouds.aws.store import S3ObjectStore
-
-        parsed = urllib.parse.urlsplit(location)
-        region = urllib.parse.parse_qs(parsed.query).get("region", [None])[0]
-        return S3ObjectStore(parsed.netloc, session.client("s3", region))
-    from meadow_core.transport.local import LocalObjectStore
-
-    return LocalObjectStore(Path(location))
 
 
 def set_current_task(context: TaskContext | None) -> None:

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import Resources
 from meadow_core.watch import JobWatch
+
+if TYPE_CHECKING:
+    from meadow_core.hosts.config import HostSetting
+    from meadow_core.transport.base import ObjectStore
+
+#: What an orchestrator hands a host as credentials (``Host.credentials``): a cloud
+#: SDK's session object (a ``boto3.Session``; an Azure credential later) or a mapping of
+#: settings the host documents. Cloud-neutral on purpose: adapters pass what their
+#: orchestrator's own mechanism produced and never import ``meadow_core.clouds``.
+Credentials = object
 
 
 class Host(abc.ABC):
@@ -25,6 +37,35 @@ class Host(abc.ABC):
     #: ``Deployment()`` means "mirror the caller's code and environment" (Meadowrun's
     #: ``mirror_local()``), as nothing can be used in place.
     runs_elsewhere: bool = False
+    #: The host talks to a cloud account and ``credentials`` applies what it is given;
+    #: adapters need not read an orchestrator's connection for a host without it.
+    takes_credentials: bool = False
+
+    # -- config and credentials (``meadow_core.hosts.config``) ----------------------------
+
+    @classmethod
+    def config_schema(cls) -> list[HostSetting]:
+        """The settings ``host_from_config`` accepts for this host: its dataclass fields,
+        for adapters that build their own schema (Dagster ``Field``s)."""
+        from meadow_core.hosts.config import settings_of
+
+        return settings_of(cls)
+
+    def config_settings(self) -> dict[str, Any]:
+        """This host's settings as constructor arguments (``host_to_config`` makes the
+        values plain); a dataclass host's fields by default."""
+        if not dataclasses.is_dataclass(self):
+            raise TypeError(f"{type(self).__name__} is not a dataclass Host")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def credentials(
+        self, credentials: Credentials | None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Run a block (and the coroutines and threads it starts) as ``credentials``,
+        which come from an orchestrator (an Airflow connection, a Prefect block, a
+        Dagster resource). ``None``, and every host that needs none, is a no-op: the
+        cloud SDK's own chain decides."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def check_resources(self, resources: Resources) -> None:
@@ -81,6 +122,12 @@ class Host(abc.ABC):
     async def write_object(self, key: str, data: bytes) -> None:
         """Store bytes under ``key`` in the host's object store (adapters keep outputs
         there that task code reads back through ``current_task().store``)."""
+
+    def object_store(self) -> ObjectStore:
+        """The host's object store, reachable from the caller and from every machine of
+        the host (an IO manager keeps outputs there; tasks reach the same store through
+        ``current_task().store``)."""
+        raise NotImplementedError(f"{type(self).__name__} offers no object store")
 
     @abc.abstractmethod
     def object_location(self, key: str) -> str:

@@ -30,6 +30,7 @@ from meadow_core.hosts.base import Host
 from meadow_core.place import LocalPlace, default_home, peer_uid
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import DEFAULT_TASK_CPU, Resources
+from meadow_core.transport.base import ObjectStore
 from meadow_core.watch import JobWatch
 
 #: Seconds an agent waits without work before it exits.
@@ -201,8 +202,13 @@ class LocalHost(Host):
     resources gets one logical CPU and no memory limit.
     """
 
-    home: str | Path | None = None
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    home: str | Path | None = dataclasses.field(
+        default=None, metadata={"description": "Home directory (default: $MEADOW_HOME)."}
+    )
+    idle_timeout: float = dataclasses.field(
+        default=DEFAULT_IDLE_TIMEOUT,
+        metadata={"description": "Seconds the agent waits without work before it exits."},
+    )
     logical_cpu: float | None = None
     memory_gb: float | None = None
 
@@ -221,6 +227,11 @@ class LocalHost(Host):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__post_init__()
+
+    def config_settings(self) -> dict[str, Any]:
+        """The settings, with the home resolved: a process that rebuilds this host from
+        its config (an Airflow triggerer) may have another ``$MEADOW_HOME``."""
+        return {**super().config_settings(), "home": str(self.place.home)}
 
     # -- the agent -------------------------------------------------------------------
 
@@ -407,6 +418,9 @@ class LocalHost(Host):
 
     async def write_object(self, key: str, data: bytes) -> None:
         self.place.store.put(key, data)
+
+    def object_store(self) -> ObjectStore:
+        return self.place.store
 
     def object_location(self, key: str) -> str:
         return self.place.store.location(key)

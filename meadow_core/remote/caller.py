@@ -360,5 +360,8 @@ class RemoteHost(Host):
     async def write_object(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self.place.store.put, key, data)
 
+    def object_store(self) -> ObjectStore:
+        return self.place.store
+
     def object_location(self, key: str) -> str:
         return self.place.store.location(key)

@@ -23,8 +23,8 @@ from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.bases.operator import partial as _airflow_partial
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from meadow_airflow.aws import AwsConnectionError, aws_scope, is_aws_host
-from meadow_airflow.hosts import host_to_spec
+from meadow_airflow.credentials import ConnectionCredentialsError, connection_scope
+from meadow_airflow.hosts import host_from_spec, host_to_spec
 from meadow_airflow.references import make_reference, resolve_meadow_results, xcom_can_store
 from meadow_airflow.triggers import MeadowJobTrigger
 from meadow_core import (
@@ -146,12 +146,14 @@ class MeadowOperator(BaseOperator):
     :param deferrable: free the worker slot while a trigger waits for the job.
     :param durable: keep the job id in ``task_state_store`` so that a retry after the
         loss of the worker reattaches (as ``ResumableJobMixin``); costs one API call.
-    :param aws_conn_id: Airflow connection with the AWS credentials for an
-        ``AllocEC2Instance`` host (login: access key id, password: secret key; extra:
-        ``region_name``, ``endpoint_url``, ``aws_session_token``, ``profile_name``), used
-        for this task only; without it, boto3's chain on the worker decides.
-    :param region_name: AWS region for an AWS host that names none (overrides the
-        connection's ``region_name``).
+    :param aws_conn_id: Airflow connection with the credentials for a host that takes
+        them (``Host.takes_credentials``; the name is kept from when the only such host
+        was EC2's). Its type picks the provider that reads it (``aws``: the Amazon
+        provider's ``AwsBaseHook``, assumed roles included; without that provider, an
+        access key or profile). Used for this task only; without it, the cloud SDK's
+        own chain on the worker decides.
+    :param region_name: deprecated: give the host its region (a host setting); fills the
+        host's ``region_name`` setting when the host leaves it unset.
     """
 
     template_fields: Sequence[str] = ("op_args", "op_kwargs", "command", "environment_variables")
@@ -227,6 +229,9 @@ class MeadowOperator(BaseOperator):
                 f"MeadowOperator argument host= must be a meadow_core Host such as "
                 f"LocalHost(), got {type(host).__name__} {host!r}"
             )
+        if self.region_name is not None:
+            # Kept for DAGs written before hosts carried their region themselves.
+            host = host_from_spec(host_to_spec(host), region_name=self.region_name)
         if self.aws_conn_id is not None:
             try:
                 BaseHook.get_connection(self.aws_conn_id)
@@ -235,9 +240,9 @@ class MeadowOperator(BaseOperator):
                     f"MeadowOperator argument aws_conn_id={self.aws_conn_id!r}: no Airflow "
                     f"connection with that id ({type(exc).__name__})"
                 ) from None
-            if not is_aws_host(host):
+            if not host.takes_credentials:
                 self.log.info(
-                    "aws_conn_id=%r is checked but unused: %s needs no AWS credentials",
+                    "aws_conn_id=%r is checked but unused: %s takes no credentials",
                     self.aws_conn_id,
                     type(host).__name__,
                 )
@@ -245,17 +250,19 @@ class MeadowOperator(BaseOperator):
 
     @contextlib.contextmanager
     def _credentials(self, host: Host) -> Iterator[None]:
-        """Run the block as ``aws_conn_id`` / ``region_name`` when the host is AWS's."""
+        """Run the block as connection ``aws_conn_id`` when the host takes credentials."""
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(aws_scope(host, self.aws_conn_id, self.region_name))
-            except AwsConnectionError as exc:
-                raise self._bad(f"MeadowOperator argument {exc}") from None
+                stack.enter_context(connection_scope(host, self.aws_conn_id))
+            except ConnectionCredentialsError as exc:
+                raise self._bad(
+                    f"MeadowOperator argument aws_conn_id={self.aws_conn_id!r} {exc}"
+                ) from None
             yield
 
     def _check_inputs(self, host: Host) -> Host:
         """Validate what can be validated before anything is launched; name the argument.
-        Runs inside ``_credentials``: an AWS host's checks may ask AWS."""
+        Runs inside ``_credentials``: a cloud host's checks may ask its cloud."""
         if self.meadow_resources is not None and not isinstance(self.meadow_resources, Resources):
             raise self._bad(
                 f"MeadowOperator argument resources= must be meadow_core.Resources, got "
@@ -421,7 +428,6 @@ class MeadowOperator(BaseOperator):
                         job_id=job_id,
                         host=host_to_spec(host),
                         aws_conn_id=self.aws_conn_id,
-                        region_name=self.region_name,
                     ),
                     method_name="execute_complete",
                     kwargs={"job_id": job_id},
@@ -527,7 +533,7 @@ class MeadowOperator(BaseOperator):
         """The value if XCom can hold it, else a reference to it in Meadow's store."""
         if storable and (not self.do_xcom_push or xcom_can_store(value)):
             return value
-        reference = make_reference(job_id, host, type_name, self.aws_conn_id, self.region_name)
+        reference = make_reference(job_id, host, type_name, self.aws_conn_id)
         self.log.warning("%s", reference["message"])
         return reference
 

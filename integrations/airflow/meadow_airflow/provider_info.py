@@ -13,7 +13,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "meadow",
         "name": "Meadow",
-        "description": "Run Airflow tasks on machines Meadow provisions (LocalHost, AWS EC2).",
+        "description": "Run Airflow tasks on machines Meadow provisions (this one, or a cloud's).",
         "task-decorators": [
             {"name": "meadow", "class-name": "meadow_airflow.decorators.meadow_task"},
         ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from meadow_airflow.aws import aws_scope
+from meadow_airflow.credentials import connection_scope
 from meadow_airflow.hosts import host_from_spec, host_to_spec
 from meadow_core import Host, JobNotFoundError, TaskException, wait_for_job_sync
 
@@ -38,16 +38,14 @@ def make_reference(
     host: Host,
     value_type: str,
     aws_conn_id: str | None = None,
-    region_name: str | None = None,
 ) -> dict[str, Any]:
-    """The XCom stand-in for a value that stays in Meadow's store. It names the
-    connection and region the job ran under (never a secret), so a reader in another
-    task finds the same bucket."""
+    """The XCom stand-in for a value that stays in Meadow's store. It names the host's
+    config and the connection the job ran under (never a secret), so a reader in
+    another task finds the same store."""
     return {
         REFERENCE_KEY: job_id,
         "host": host_to_spec(host),
         "aws_conn_id": aws_conn_id,
-        "region_name": region_name,
         "type": value_type,
         "message": (
             f"This task returned a {value_type}, which Airflow cannot store in XCom. The "
@@ -66,9 +64,10 @@ def resolve_meadow_results(value: Any) -> Any:
     """Replace Meadow result references in ``value`` (nested lists, tuples, dicts)."""
     if is_reference(value):
         job_id = value[REFERENCE_KEY]
-        host = host_from_spec(value["host"])
+        # An earlier version's reference kept the region beside the host.
+        host = host_from_spec(value["host"], region_name=value.get("region_name"))
         try:
-            with aws_scope(host, value.get("aws_conn_id"), value.get("region_name")):
+            with connection_scope(host, value.get("aws_conn_id")):
                 return wait_for_job_sync(job_id, host)
         except JobNotFoundError:
             raise ValueError(

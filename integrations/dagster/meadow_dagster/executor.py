@@ -17,10 +17,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from dagster import Any as DagsterAny
 from dagster import (
     Field,
     Map,
     Noneable,
+    Permissive,
     Selector,
     executor,
 )
@@ -47,12 +49,16 @@ from dagster._utils.error import SerializableErrorInfo, serializable_error_info_
 from meadow_core import (
     Deployment,
     Host,
-    LocalHost,
+    HostConfigError,
+    HostSetting,
     MeadowError,
     Resources,
     TaskException,
     cancel_job_sync,
     deterministic_job_id,
+    host_class,
+    host_from_config,
+    host_types,
     run_function_sync,
 )
 from meadow_dagster._remote import StepPayload, execute_step
@@ -68,23 +74,12 @@ class MeadowDagsterConfigError(DagsterInvariantViolationError):
 
 
 def _host_from_config(config: Mapping[str, Any]) -> Host:
-    """The host named by the executor's ``host`` selector: ``local`` or ``ec2``."""
-    if "ec2" in config:
-        try:
-            from meadow_core.clouds.aws.host import AllocEC2Instance
-        except ImportError as exc:
-            raise MeadowDagsterConfigError(
-                f"meadow_executor host 'ec2' needs boto3 ({exc}): pip install 'meadow[aws]'"
-            ) from exc
-        ec2 = dict(config["ec2"] or {})
-        return AllocEC2Instance(**{k: v for k, v in ec2.items() if v is not None})
-    local = config.get("local", {}) or {}
-    return LocalHost(
-        home=local.get("home"),
-        idle_timeout=local.get("idle_timeout", 300.0),
-        logical_cpu=local.get("logical_cpu"),
-        memory_gb=local.get("memory_gb"),
-    )
+    """The host named by the executor's ``host`` selector: ``{<type>: {<settings>}}``."""
+    ((name, settings),) = dict(config).items()
+    try:
+        return host_from_config({"type": name, **(settings or {})})
+    except HostConfigError as exc:
+        raise MeadowDagsterConfigError(f"meadow_executor host {name!r}: {exc}") from exc
 
 
 def parse_resources(value: object, where: str) -> Resources:
@@ -374,44 +369,44 @@ def _error_info(exc: BaseException) -> SerializableErrorInfo:
 # -- the executor definition ------------------------------------------------------------
 
 
-_HOST_SCHEMA = Selector(
-    {
-        "local": Field(
-            {
-                "home": Field(
-                    Noneable(str),
-                    default_value=None,
-                    description="LocalHost home directory (default $MEADOW_HOME).",
-                ),
-                "idle_timeout": Field(float, default_value=300.0),
-                "logical_cpu": Field(Noneable(float), default_value=None),
-                "memory_gb": Field(Noneable(float), default_value=None),
-            },
-            is_required=False,
-        ),
-        "ec2": Field(
-            {
-                "region_name": Field(
-                    Noneable(str),
-                    default_value=None,
-                    description="AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION).",
-                ),
-                "ami_id": Field(Noneable(str), default_value=None),
-                "subnet_id": Field(Noneable(str), default_value=None),
-                "security_group_ids": Field(Noneable([str]), default_value=None),
-                "iam_role_instance_profile": Field(Noneable(str), default_value=None),
-                "idle_timeout": Field(
-                    float,
-                    default_value=300.0,
-                    description="Seconds an instance waits without work before it ends.",
-                ),
-            },
-            is_required=False,
-            description="The cheapest EC2 instance that fits each step, launched or reused "
-            "warm (credentials from boto3's chain: environment, profile, instance role).",
-        ),
-    }
-)
+_DAGSTER_TYPES: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str_list": [str],
+    "any": DagsterAny,
+}
+
+
+def _setting_field(setting: HostSetting) -> Field:
+    config_type = _DAGSTER_TYPES[setting.kind]
+    if setting.nullable:
+        config_type = Noneable(config_type)
+    if setting.required:
+        return Field(config_type, is_required=True, description=setting.description or None)
+    return Field(
+        config_type, default_value=setting.default, description=setting.description or None
+    )
+
+
+def _host_type_field(name: str) -> Field:
+    """One registered host type's settings as Dagster fields; a type that cannot be
+    imported here (its SDK is missing) takes any settings and fails when used, naming
+    what to install."""
+    try:
+        cls = host_class(name)
+    except HostConfigError as exc:
+        return Field(Permissive(), is_required=False, description=str(exc))
+    fields = {s.name: _setting_field(s) for s in cls.config_schema()}
+    summary = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    return Field(fields, is_required=False, description=summary)
+
+
+def host_schema() -> Selector:
+    """``host: {<type>: {<settings>}}`` for every registered host type, built from the
+    hosts themselves: a new setting or a new cloud needs no change here."""
+    return Selector({name: _host_type_field(name) for name in host_types()})
 
 
 def _is_shareable(resource_def: object) -> bool:
@@ -461,7 +456,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
 @executor(
     name="meadow",
     config_schema={
-        "host": Field(_HOST_SCHEMA, default_value={"local": {}}),
+        "host": Field(host_schema(), default_value={"local": {}}),
         "logical_cpu": Field(
             Noneable(float), default_value=None, description="Default CPUs per step."
         ),
@@ -481,7 +476,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
     requirements=[],
 )
 def meadow_executor(init_context: InitExecutorContext) -> Executor:
-    """Run every step of the job on a Meadow host (LocalHost by default, or EC2).
+    """Run every step of the job on a Meadow host (LocalHost by default, or a cloud's).
 
     Per-op resources come from the op tag ``meadow/resources``; outputs must go through
     an IO manager all machines share (``meadow_io_manager``).

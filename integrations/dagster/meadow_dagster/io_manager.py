@@ -2,8 +2,8 @@
 
 A step on one machine writes its outputs where a step on another machine (and the
 orchestrating process, for ``output_for_node``) can read them: the object store of
-the Meadow host. For ``LocalHost`` that is ``<home>/store/<prefix>/...``; inside a
-Meadow task the task's own store is used when the core offers it
+the Meadow host (``Host.object_store()``). For ``LocalHost`` that is
+``<home>/store/<prefix>/...``; inside a Meadow task the task's own store is used
 (``meadow_core.current_task().store``), so the same code works on cloud hosts.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import cloudpickle
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 from pydantic import Field
 
-from meadow_core import LocalHost
+from meadow_core import LocalHost, current_task, host_from_config
 
 
 class _Store:
@@ -36,26 +37,32 @@ class _Store:
         return bool(self.backend.exists(key))
 
 
-def object_store(home: str | None, ec2_region: str | None = None) -> _Store:
-    """The Meadow object store to use here: the task's own; else the bucket of
-    ``ec2_region``; else LocalHost's at ``home``."""
-    import meadow_core
+def _host_config(host: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"type": name, **settings}`` from that form or the executor's ``{name: {...}}``."""
+    if "type" in host:
+        return dict(host)
+    if len(host) != 1:
+        raise ValueError(
+            f"MeadowIOManager host= is one host config such as the executor's "
+            f"{{'local': {{}}}} or {{'type': 'local'}}, got {dict(host)!r}"
+        )
+    ((name, settings),) = host.items()
+    return {"type": name, **(settings or {})}
 
-    current_task = getattr(meadow_core, "current_task", None)
-    if current_task is not None:
-        try:
-            task = current_task()
-        except Exception:  # outside a task: use the host's store below
-            task = None
-        store = getattr(task, "store", None)
-        if store is not None:
-            return _Store(store)
-    if ec2_region is not None:
-        from meadow_core.clouds.aws.host import AllocEC2Instance
 
-        return _Store(AllocEC2Instance(region_name=ec2_region).store)
+def object_store(home: str | None, host: Mapping[str, Any] | None = None) -> _Store:
+    """The Meadow object store to use here: the task's own; else that of ``host`` (a
+    host config); else LocalHost's at ``home``."""
+    try:
+        task = current_task()
+    except Exception:  # outside a task: use the host's store below
+        task = None
+    if task is not None:
+        return _Store(task.store)
+    if host is not None:
+        return _Store(host_from_config(_host_config(host)).object_store())
     # LocalHost's store is a directory under its home; reaching it needs no agent.
-    return _Store(LocalHost(home=home).place.store)
+    return _Store(LocalHost(home=home).object_store())
 
 
 class MeadowIOManager(ConfigurableIOManager):
@@ -70,11 +77,20 @@ class MeadowIOManager(ConfigurableIOManager):
         default=None, description="LocalHost home (default $MEADOW_HOME); unused in a task."
     )
     prefix: str = Field(default="dagster", description="Key prefix inside the store.")
-    ec2_region: str | None = Field(
+    host: dict[str, Any] | None = Field(
         default=None,
-        description="With the executor's ec2 host: its region, so that the orchestrating "
-        "process (output_for_node, a later run's assets) reads outputs from Meadow's bucket.",
+        description="The executor's host config (``{ec2: {region_name: ...}}`` or "
+        "``{type: ec2, ...}``), so that the orchestrating process (output_for_node, a later "
+        "run's assets) reads outputs from that host's store; default: LocalHost at home.",
     )
+    ec2_region: str | None = Field(
+        default=None, description="Deprecated: host={'ec2': {'region_name': ...}}."
+    )
+
+    def _host(self) -> dict[str, Any] | None:
+        if self.host is None and self.ec2_region is not None:
+            return {"type": "ec2", "region_name": self.ec2_region}
+        return self.host
 
     def _key(self, context: InputContext | OutputContext) -> str:
         if isinstance(context, InputContext) and not context.has_asset_key:
@@ -96,14 +112,14 @@ class MeadowIOManager(ConfigurableIOManager):
             return
         key = self._key(context)
         data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        object_store(self.home, self.ec2_region).put(key, data)
+        object_store(self.home, self._host()).put(key, data)
         context.add_output_metadata({"meadow_key": key, "bytes": len(data)})
 
     def load_input(self, context: InputContext) -> Any:
         if context.dagster_type.is_nothing:
             return None
         key = self._key(context)
-        store = object_store(self.home, self.ec2_region)
+        store = object_store(self.home, self._host())
         if not store.exists(key):
             raise FileNotFoundError(
                 f"no output stored under {key!r} in the Meadow object store; did the "

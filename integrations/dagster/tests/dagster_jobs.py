@@ -55,7 +55,7 @@ EC2_REGION = "us-east-2"
 
 @job(
     executor_def=meadow_executor,
-    resource_defs={"io_manager": MeadowIOManager(ec2_region=EC2_REGION)},
+    resource_defs={"io_manager": MeadowIOManager(host={"ec2": {"region_name": EC2_REGION}})},
 )
 def ec2_pipeline_job() -> None:
     total(double(make_numbers()))

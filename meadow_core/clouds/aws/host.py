@@ -9,6 +9,7 @@ Everything a submission, a watch or an allocation does is generic (``remote.call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -63,12 +64,26 @@ class AllocEC2Instance(AllocVM):
     without work before it terminates itself.
     """
 
-    region_name: str | None = None
+    region_name: str | None = dataclasses.field(
+        default=None,
+        metadata={"description": "AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION)."},
+    )
     ami_id: str | None = None
     subnet_id: str | None = None
     security_group_ids: str | Sequence[str] | None = None
     iam_role_instance_profile: str | None = None
-    idle_timeout: float = 300.0
+    idle_timeout: float = dataclasses.field(
+        default=300.0,
+        metadata={"description": "Seconds an instance waits without work before it ends."},
+    )
+
+    takes_credentials = True
+
+    def credentials(self, credentials: object) -> contextlib.AbstractContextManager[None]:
+        """Run the block as ``credentials`` (``session.as_credentials`` says what it
+        takes: a ``boto3.Session``, a mapping of ``AwsCredentials`` fields); ``None``
+        leaves boto3's chain in charge."""
+        return session.using(session.as_credentials(credentials))
 
     @property
     def _state(self) -> _Ec2State:

@@ -17,7 +17,7 @@ import dataclasses
 import difflib
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import boto3
@@ -74,6 +74,9 @@ class AwsCredentials:
     """Who to be and where to talk to, given explicitly instead of by boto3's chain.
 
     Fields left ``None`` fall back to the chain (a profile, ``AWS_ENDPOINT_URL``, ...).
+    ``session`` is a ``boto3.Session`` made elsewhere (Airflow's ``AwsBaseHook`` makes
+    one from a connection, assumed roles included, with credentials that refresh):
+    clients are made from it, and the key fields are then not used.
     """
 
     access_key_id: str | None = None
@@ -82,6 +85,30 @@ class AwsCredentials:
     region_name: str | None = None
     endpoint_url: str | None = None
     profile_name: str | None = None
+    session: Any = dataclasses.field(default=None, repr=False)
+
+
+def as_credentials(value: object) -> AwsCredentials | None:
+    """``AwsCredentials`` from what an orchestrator hands ``AllocEC2Instance.credentials``:
+    ``None``, an ``AwsCredentials``, a ``boto3.Session``, or a mapping of
+    ``AwsCredentials`` field names (a ``session`` among them, plus its ``endpoint_url``)."""
+    if value is None or isinstance(value, AwsCredentials):
+        return value
+    if isinstance(value, boto3.session.Session):
+        return AwsCredentials(session=value, region_name=value.region_name)
+    if isinstance(value, Mapping):
+        valid = [f.name for f in dataclasses.fields(AwsCredentials)]
+        unknown = sorted(set(value) - set(valid))
+        if unknown:
+            raise AwsConfigurationError(
+                f"unknown AWS credential field(s) {', '.join(map(repr, unknown))}: valid "
+                f"fields are {', '.join(valid)}"
+            )
+        return AwsCredentials(**{k: v for k, v in value.items() if v is not None})
+    raise AwsConfigurationError(
+        f"AWS credentials must be a boto3.Session, a mapping of {AwsCredentials.__name__} "
+        f"fields or None, got {type(value).__name__}"
+    )
 
 
 _explicit: contextvars.ContextVar[AwsCredentials | None] = contextvars.ContextVar(
@@ -137,6 +164,8 @@ def _session() -> boto3.session.Session:
         if session is None:
             if explicit is None:
                 session = boto3.session.Session()
+            elif explicit.session is not None:
+                session = explicit.session
             else:
                 session = boto3.session.Session(
                     aws_access_key_id=explicit.access_key_id,
@@ -160,6 +189,9 @@ def reset() -> None:
 
 def default_region() -> str | None:
     """The region boto3's chain picks when none is given (env var or profile)."""
+    explicit = _explicit.get()
+    if explicit is not None and explicit.region_name:
+        return explicit.region_name
     region: str | None = _session().region_name
     return region
 
@@ -182,7 +214,7 @@ def client(service: str, region_name: str | None = None) -> Any:
     Raises `MissingCredentialsError` before any request if there are no credentials.
     """
     session = _session()
-    region = region_name or session.region_name
+    region = region_name or default_region()
     if not region:
         raise AwsConfigurationError(
             "no AWS region given: pass region_name or set AWS_DEFAULT_REGION "

@@ -8,6 +8,7 @@ request that never overwrites what another caller stored first.
 from __future__ import annotations
 
 import io
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,18 @@ class S3ObjectStore(ObjectStore):
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket
         self.client = client
+
+    @classmethod
+    def from_url(cls, url: str) -> S3ObjectStore:
+        """The bucket ``s3://<bucket>?region=<region>`` names, through boto3's chain (on
+        an instance, its role); ``transport.open_store`` calls this for ``s3://``."""
+        from meadow_core.clouds.aws import session
+
+        parsed = urllib.parse.urlsplit(url)
+        if not parsed.netloc:
+            raise AwsConfigurationError(f"{url!r} names no bucket: use s3://<bucket>?region=<r>")
+        region = urllib.parse.parse_qs(parsed.query).get("region", [None])[0]
+        return cls(parsed.netloc, session.client("s3", region))
 
     def put(self, key: str, data: bytes) -> None:
         try:
