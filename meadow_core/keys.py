@@ -71,3 +71,15 @@ def log_key(job_id: str, task_id: int, attempt: int) -> str:
 def remote_log_key(job_id: str, task_id: int, attempt: int) -> str:
     """A task attempt's full log in a remote place's store."""
     return f"logs/{job_id}/{task_id:08d}.{attempt:04d}.log"
+
+
+#: Prefixes whose keys end in the sha256 of the object's bytes.
+HASHED_PREFIXES = (FUNCTIONS, ARGS, CODE_MANIFESTS, CODE_FILES, CODE_CHUNKS, ENV_SPECS)
+
+
+def content_digest(key: str) -> str | None:
+    """The sha256 (hex) a content-addressed key promises, else None."""
+    prefix, _, digest = key.rpartition("/")
+    if prefix in HASHED_PREFIXES and len(digest) == 64:
+        return digest
+    return None

@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import filelock
 import platformdirs
@@ -126,17 +127,35 @@ def build_bundle(extras: tuple[str, ...]) -> tuple[str, Path]:
     return key, target
 
 
-def publish(store: ObjectStore, extras: tuple[str, ...]) -> str:
-    """Make sure the bundle is in ``store``; returns its key (uploads only if missing)."""
+class Published(NamedTuple):
+    """A bundle in a store: its key and the sha256 of its bytes."""
+
+    key: str
+    sha256: str
+
+
+def publish(store: ObjectStore, extras: tuple[str, ...]) -> Published:
+    """Make sure the bundle is in ``store`` (uploads only if missing)."""
     key, path = build_bundle(extras)
     if not store.exists(key):
         store.put_file(key, path)
-    return key
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    return Published(key, digest.hexdigest())
 
 
-def boot_script(bundle_url: str, agent_module: str, agent_arguments: Mapping[str, str]) -> str:
-    """The boot script: fetch and unpack the bundle, then start ``agent_module``
-    detached (cloud-init must not wait for it), logging to a file."""
+def boot_script(
+    bundle_url: str,
+    bundle_sha256: str,
+    agent_module: str,
+    agent_arguments: Mapping[str, str],
+) -> str:
+    """The boot script: fetch the bundle, check it is the one this caller built (the
+    store is writable by tasks; a replaced bundle would run as root on every new
+    machine), unpack it, then start ``agent_module`` detached (cloud-init must not wait
+    for it), logging to a file."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     version_tuple = (sys.version_info.major, sys.version_info.minor)
     arguments = " ".join(f"--{k} {shlex.quote(v)}" for k, v in sorted(agent_arguments.items()))
@@ -145,7 +164,7 @@ def boot_script(bundle_url: str, agent_module: str, agent_arguments: Mapping[str
 set -euo pipefail
 mkdir -p {INSTALL_ROOT} {AGENT_HOME}
 python3 - <<'PY'
-import io, tarfile, time, urllib.request
+import hashlib, io, tarfile, time, urllib.request
 url = {bundle_url!r}
 for attempt in range(10):
     try:
@@ -155,6 +174,8 @@ for attempt in range(10):
         if attempt == 9:
             raise
         time.sleep(2)
+if hashlib.sha256(data).hexdigest() != {bundle_sha256!r}:
+    raise SystemExit("meadow: the agent bundle does not match its sha256; not installing it")
 tarfile.open(fileobj=io.BytesIO(data)).extractall({INSTALL_ROOT!r})
 PY
 export PYTHONPATH={INSTALL_ROOT}/lib MEADOW_HOME={AGENT_HOME}

@@ -99,9 +99,11 @@ def sweep(
     results_retention_seconds: float,
     heartbeat_timeout_seconds: float,
     now: float | None = None,
+    dry_run: bool = False,
 ) -> SweepReport:
     """Remove what nothing owns (see the module's docstring). ``registry`` and ``jobs``
-    are None when the place is not installed: then every tagged thing is unowned."""
+    are None when the place is not installed: then every tagged thing is unowned.
+    ``dry_run`` reports what would be removed and removes nothing."""
     report = SweepReport()
     now = time.time() if now is None else now
     cutoff = now - grace_seconds
@@ -120,15 +122,16 @@ def sweep(
                 doomed.append(machine_id)
         elif record.last_heartbeat <= now - heartbeat_timeout_seconds:
             doomed.append(machine_id)
-    if doomed:
+    if doomed and not dry_run:
         inventory.terminate(doomed)
-        report.terminated_instances.extend(doomed)
+    report.terminated_instances.extend(doomed)
     living = set(alive) - set(doomed)
 
     for machine_id, record in records.items():
         if machine_id not in living and (machine_id in doomed or record.launched_at <= cutoff):
             assert registry is not None
-            registry.remove(machine_id)
+            if not dry_run:
+                registry.remove(machine_id)
             report.removed_registry_entries.append(machine_id)
 
     # A control queue belongs to a live machine, or to one launched too recently to
@@ -141,7 +144,8 @@ def sweep(
             owned.add(inventory.queue_name(messages.result_queue(job["job_id"])))
     for queue in inventory.queues():
         if queue.name not in owned and queue.created <= cutoff:
-            inventory.delete_queue(queue.name)
+            if not dry_run:
+                inventory.delete_queue(queue.name)
             report.deleted_queues.append(queue.name)
 
     expired = [
@@ -155,7 +159,11 @@ def sweep(
         place_store = store()
         for job in expired:
             for prefix in keys.job_prefixes(job["job_id"]):
-                report.deleted_objects += place_store.delete_prefix(prefix)
-            jobs.update_job(job["job_id"], {"payload_deleted": True})
+                if dry_run:
+                    report.deleted_objects += len(place_store.list_keys(prefix))
+                else:
+                    report.deleted_objects += place_store.delete_prefix(prefix)
+            if not dry_run:
+                jobs.update_job(job["job_id"], {"payload_deleted": True})
             report.cleaned_jobs.append(job["job_id"])
     return report

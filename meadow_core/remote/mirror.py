@@ -3,15 +3,42 @@
 Every worker loop of a job prefetches the same function, code and environment archive
 before its first task. Without coordination a 16-worker instance downloads a
 multi-gigabyte archive 16 times at once, into memory. Here each key is fetched by one
-thread while the others wait for it, and objects stream to disk.
+thread while the others wait for it, and objects stream to disk. A content-addressed
+object is checked against its key before it is kept: one overwritten in the store (by a
+task with write access to it, say) is refused, never run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from pathlib import Path
 
+from meadow_core import keys
+from meadow_core.errors import MeadowError
 from meadow_core.transport.base import ObjectStore
 from meadow_core.transport.local import LocalObjectStore
+
+
+class TamperedObjectError(MeadowError):
+    """A content-addressed object's bytes do not match its key."""
+
+
+def check_content(key: str, path: Path, where: str) -> None:
+    """Raise ``TamperedObjectError`` if the file does not hash to what ``key`` promises."""
+    expected = keys.content_digest(key)
+    if expected is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise TamperedObjectError(
+            f"{where} does not match its content address (sha256 {digest.hexdigest()}): it "
+            "was overwritten in the store; refusing to use it. Delete it there and submit "
+            "the job again"
+        )
 
 
 class StoreMirror:
@@ -31,7 +58,12 @@ class StoreMirror:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             if not self.local.exists(key):  # another thread fetched it while we waited
-                self.local.put_from(key, lambda path: self.remote.download(key, path))
+
+                def fetch(path: Path) -> None:
+                    self.remote.download(key, path)
+                    check_content(key, path, self.remote.location(key))
+
+                self.local.put_from(key, fetch)
         with self._lock:
             self._key_locks.pop(key, None)
 

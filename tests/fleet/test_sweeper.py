@@ -72,6 +72,14 @@ def test_sweep_removes_only_what_nothing_owns(tmp_path: Path) -> None:
             ManagedQueue("q-job-unknown", young),  # too young to judge
         ],
     )
+    dry = sweep(inventory, registry, jobs, lambda: store, HOUR, 86400, 15 * 60, now, dry_run=True)
+    assert sorted(dry.terminated_instances) == ["i-silent", "i-unknown"]
+    assert sorted(dry.deleted_queues) == ["q-control-i-gone", "q-job-done"]
+    assert dry.cleaned_jobs == ["done"] and dry.deleted_objects == 1
+    assert inventory.terminated == [] and inventory.deleted == [], "a dry run removes nothing"
+    assert registry.get("i-gone") is not None and store.exists(
+        "results/done/outcomes/00000000.0001"
+    )
     report = sweep(inventory, registry, jobs, lambda: store, HOUR, 86400, 15 * 60, now)
     assert sorted(inventory.terminated) == ["i-silent", "i-unknown"]
     assert sorted(report.removed_registry_entries) == ["i-gone", "i-silent"]

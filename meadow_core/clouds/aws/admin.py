@@ -319,8 +319,8 @@ def _install_security_group(region_name: str, report: Report) -> None:
 
 def _publish_bundle(store: S3ObjectStore, report: Report) -> None:
     """Upload the agent bundle instances boot from."""
-    key = bootstrap.publish(store, names.AGENT_EXTRAS)
-    report.done.append(f"published the agent bundle to {store.location(key)}")
+    bundle = bootstrap.publish(store, names.AGENT_EXTRAS)
+    report.done.append(f"published the agent bundle to {store.location(bundle.key)}")
 
 
 def install(
@@ -552,9 +552,10 @@ def clean(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     results_retention_seconds: float = DEFAULT_RESULTS_RETENTION_SECONDS,
     heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    dry_run: bool = False,
 ) -> CleanReport:
     """Remove what nothing owns in ``region_name`` (the policy: ``fleet.sweeper``);
-    leave anything younger than ``grace_seconds`` alone."""
+    leave anything younger than ``grace_seconds`` alone; with ``dry_run`` only say what."""
     session.check_region(region_name)
     registry = _registry(region_name)
     report = sweep(
@@ -565,6 +566,7 @@ def clean(
         grace_seconds,
         results_retention_seconds,
         heartbeat_timeout_seconds,
+        dry_run=dry_run,
     )
     if registry is None:
         report.notes.append(

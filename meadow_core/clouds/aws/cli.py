@@ -122,21 +122,25 @@ def uninstall_command(region: str | None, yes: bool) -> None:
     show_default=True,
     help="Seconds a finished job's results and logs are kept.",
 )
-def clean_command(region: str | None, grace: float, retention: float) -> None:
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+def clean_command(region: str | None, grace: float, retention: float, dry_run: bool) -> None:
     """Remove instances, queues, registry entries and results that nothing owns."""
     chosen = _region(region)
     report: admin.CleanReport = _run(
-        lambda: _admin().clean(chosen, grace_seconds=grace, results_retention_seconds=retention)
+        lambda: _admin().clean(
+            chosen, grace_seconds=grace, results_retention_seconds=retention, dry_run=dry_run
+        )
     )
+    mark = "[yellow]would[/yellow]" if dry_run else "[green]✓[/green]"
     for instance_id in report.terminated_instances:
-        _console.print(f"[green]✓[/green] terminated instance {instance_id}")
+        _console.print(f"{mark} terminate instance {instance_id}")
     for name in report.deleted_queues:
-        _console.print(f"[green]✓[/green] deleted queue {name}")
+        _console.print(f"{mark} delete queue {name}")
     for instance_id in report.removed_registry_entries:
-        _console.print(f"[green]✓[/green] removed registry entry {instance_id}")
+        _console.print(f"{mark} remove registry entry {instance_id}")
     if report.deleted_objects:
         _console.print(
-            f"[green]✓[/green] deleted {report.deleted_objects} result and log objects of "
+            f"{mark} delete {report.deleted_objects} result and log objects of "
             f"{len(report.cleaned_jobs)} finished jobs"
         )
     for note in report.notes:
@@ -225,7 +229,8 @@ def ls_command(region: str | None) -> None:
     for view in views:
         record = view.record
         jobs = ", ".join(f"{job} ({a['workers']})" for job, a in record.allocations.items())
-        total += record.price_per_hour
+        if view.ec2_state in ("pending", "running", "stopping"):
+            total += record.price_per_hour  # what still bills
         table.add_row(
             record.instance_id,
             record.instance_type,
@@ -237,4 +242,4 @@ def ls_command(region: str | None) -> None:
             f"{record.price_per_hour:.4f}",
         )
     _console.print(table)
-    _console.print(f"{len(views)} instances, ${total:.4f} per hour")
+    _console.print(f"{len(views)} instances, ${total:.4f} per hour for those still running")

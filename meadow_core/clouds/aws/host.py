@@ -32,8 +32,9 @@ from meadow_core.resources import Resources
 
 log = logging.getLogger("meadow.aws")
 
-#: A presigned bundle URL lives a week; the boot script is renewed well before that.
-_BUNDLE_URL_SECONDS = 7 * 24 * 3600 - 60
+#: A presigned bundle URL lives an hour (a machine fetches it within minutes of its
+#: launch); the boot script, with a new URL, is renewed every ten minutes.
+_BUNDLE_URL_SECONDS = 3600
 
 
 @dataclasses.dataclass
@@ -193,9 +194,10 @@ class AllocEC2Instance(AllocVM):
         if state.boot_script is None or time.monotonic() - state.boot_script[0] >= (
             KNOWN_PRESENT_SECONDS
         ):
-            key = bootstrap.publish(self.store, names.AGENT_EXTRAS)
+            bundle = bootstrap.publish(self.store, names.AGENT_EXTRAS)
             script = bootstrap.boot_script(
-                self.store.signed_url(key, expires_seconds=_BUNDLE_URL_SECONDS),
+                self.store.signed_url(bundle.key, expires_seconds=_BUNDLE_URL_SECONDS),
+                bundle.sha256,
                 names.AGENT_MODULE,
                 {
                     "region": self.region,

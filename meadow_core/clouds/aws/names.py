@@ -44,8 +44,9 @@ DEFAULT_EXPIRY_DAYS = 7
 DEFAULT_GRACE_SECONDS = 600.0
 #: Results and logs of a finished job stay this long for callers that reattach.
 DEFAULT_RESULTS_RETENTION_SECONDS = 24 * 3600.0
-#: An instance whose agent has been silent this long (booting included) is terminated.
-DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 900.0
+#: An instance whose agent has been silent this long is terminated by the sweeper (a
+#: watching caller does so after 120 s); booting instances heartbeat within seconds.
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 180.0
 
 _SQS_NAME_LIMIT = 80
 _SQS_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -1,0 +1,51 @@
+"""The boot script installs only the bundle its caller built."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from meadow_core.fleet import bootstrap
+
+
+def _bundle(path: Path, text: str) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = text.encode()
+        info = tarfile.TarInfo("lib/marker.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def _fetch_and_unpack(script: str) -> str:
+    """The boot script's download step (the rest starts an agent as root)."""
+    return script.split("python3 - <<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+
+
+def test_a_replaced_bundle_is_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install = tmp_path / "opt"
+    monkeypatch.setattr(bootstrap, "INSTALL_ROOT", str(install))
+    published = tmp_path / "bundle.tar.gz"
+    digest = _bundle(published, "the caller's agent")
+
+    script = bootstrap.boot_script(published.as_uri(), digest, "meadow_core.x", {"a": "b"})
+    subprocess.run([sys.executable, "-c", _fetch_and_unpack(script)], check=True)
+    assert (install / "lib" / "marker.txt").read_text() == "the caller's agent"
+
+    (install / "lib" / "marker.txt").unlink()
+    _bundle(published, "a task's replacement")  # overwritten in the store
+    result = subprocess.run(
+        [sys.executable, "-c", _fetch_and_unpack(script)], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "does not match its sha256" in result.stderr
+    assert not (install / "lib" / "marker.txt").exists()
