@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -40,6 +41,52 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
         if os.getppid() == 1:
             os._exit(1)
+
+
+def _adopt_orphans() -> None:
+    """Become the subreaper of the tasks' processes: a daemon a task leaves behind
+    (a double fork) is re-parented to this worker, not to init, so it can be ended."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_child_subreaper = 36
+        libc.prctl(pr_set_child_subreaper, 1)
+
+
+def _children() -> list[int]:
+    """This process's children, from /proc (no scan of every process: the common case
+    of none is a few system calls)."""
+    pids: list[int] = []
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for thread in threads:
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{thread}/children") as f:
+            pids.extend(int(pid) for pid in f.read().split())
+    return pids
+
+
+def end_leftovers(deadline_seconds: float = 2.0) -> None:
+    """End every process the last task left running, with their descendants (also
+    ``setsid`` ones and daemons re-parented here), and reap them: nothing of a task
+    outlives it or is charged to the next task on this worker."""
+    pids = _children()
+    if not pids:
+        return
+    import psutil  # only when a task left something (psutil scans /proc)
+
+    give_up = time.monotonic() + deadline_seconds
+    while pids and time.monotonic() < give_up:
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                for victim in [*process.children(recursive=True), process]:
+                    with contextlib.suppress(psutil.Error):
+                        victim.kill()
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        pids = _children()  # descendants re-parented here meanwhile
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -151,6 +198,12 @@ class _Worker:
         return reply
 
     def serve(self) -> None:
+        try:
+            self._serve()
+        finally:
+            end_leftovers()
+
+    def _serve(self) -> None:
         self.send({"op": "ready", "pid": os.getpid()})
         while True:
             try:
@@ -160,6 +213,7 @@ class _Worker:
             if message["op"] == "exit":
                 return
             reply = self.run(message)
+            end_leftovers()
             sys.stdout.flush()
             sys.stderr.flush()
             # The end marker goes through the same pipe as the task's output, after it.
@@ -199,6 +253,7 @@ def main() -> None:
         _exit_when_stdin_closes()
     else:
         _die_with_parent()
+    _adopt_orphans()
     # The agent stops workers with SIGTERM; a task's own handlers may change that.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = _connect(sys.argv[1])
