@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +33,7 @@ from typing import Any
 import psutil
 
 from meadow_core import protocol
-from meadow_core.agent.worker import END_MARKER
+from meadow_core.agent.worker import END_MARKER, WORKER_TOKEN_VARIABLE
 from meadow_core.protocol import Environment, TaskMessage
 from meadow_core.task_context import (
     ATTEMPT_VARIABLE,
@@ -50,6 +52,8 @@ LineSink = Callable[[list[str]], None]
 
 
 #: Set in every task process: which agent home it belongs to (leak checks, debugging).
+log = logging.getLogger("meadow.agent")
+
 AGENT_HOME_VARIABLE = "MEADOW_AGENT_HOME"
 
 
@@ -141,6 +145,35 @@ def container_run(
     cli_env.update(variables)
     args.append(environment.container_image)
     return args, cli_env
+
+
+async def _accept_with_token(
+    listener: socket.socket, token: str
+) -> tuple[socket.socket, asyncio.StreamReader, asyncio.StreamWriter]:
+    """The first connection whose ``ready`` message carries ``token``; any other peer
+    (another local user who found the socket) is closed unheard, its bytes never
+    unpickled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        connection, _ = await loop.sock_accept(listener)
+        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=2**26)
+        try:
+            header = await asyncio.wait_for(
+                reader.readexactly(protocol.frame_header_size()), timeout=60
+            )
+            length = protocol.frame_length(header)
+            if length > 4096:  # a ready message is tiny; do not read an impostor's flood
+                raise ValueError("first message too large")
+            hello = protocol.unpack(await reader.readexactly(length))
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            writer.close()
+            continue
+        if hello.get("op") == "ready" and secrets.compare_digest(
+            str(hello.get("token", "")), token
+        ):
+            return connection, reader, writer
+        log.warning("refused a worker connection without this worker's token")
+        writer.close()
 
 
 def _container_name(kind: str) -> str:
@@ -356,6 +389,10 @@ class Worker:
         home = os.environ.get(AGENT_HOME_VARIABLE) or os.path.dirname(scratch)
         runtime = await asyncio.to_thread(worker_runtime, Path(home) / "runtime")
         folder = tempfile.mkdtemp(prefix="meadow-w-")  # short: socket paths are limited
+        # The image may run as any user, so the socket is open to all: only a peer that
+        # proves it was given this token (in the container's environment, never on a
+        # command line) receives tasks.
+        token = secrets.token_hex(32)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         name = _container_name("worker")
         try:
@@ -363,13 +400,13 @@ class Worker:
             path = os.path.join(folder, "agent.sock")
             listener.bind(path)
             os.chmod(path, 0o777)  # the image may run as any user
-            listener.listen(1)
+            listener.listen(8)
             listener.setblocking(False)
             args, env = container_run(
                 environment,
                 name,
                 interactive=True,
-                extra_env={},
+                extra_env={WORKER_TOKEN_VARIABLE: token},
                 read_only=[str(runtime)],
                 read_write=[folder],
             )
@@ -390,7 +427,7 @@ class Worker:
             early: list[str] = []
             pump = OutputPump(process.stdout)
             pump.sink = early.extend
-            accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(listener))
+            accept = asyncio.ensure_future(_accept_with_token(listener, token))
             exited = asyncio.ensure_future(wait_for_exit(process))
             await asyncio.wait(
                 {accept, exited},
@@ -410,7 +447,7 @@ class Worker:
                     f"a worker in the image {environment.container_image} did not start "
                     f"({describe_exit(process.returncode)})" + (f":\n{said}" if said else "")
                 )
-            connection, _ = accept.result()
+            connection, reader, writer = accept.result()
         finally:
             listener.close()
             shutil.rmtree(folder, ignore_errors=True)
@@ -419,21 +456,8 @@ class Worker:
             socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
         )
         container_pid = struct.unpack("3i", credentials)[0]
-        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=2**26)
         worker = cls(environment, process, reader, writer, pump, name, container_pid)
-        try:
-            hello = await asyncio.wait_for(worker.receive(), timeout=60)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            await worker.kill()
-            said = "\n".join(early[-15:]).strip()
-            raise RuntimeError(
-                f"a worker in the image {environment.container_image} did not start "
-                f"({describe_exit(process.returncode)}): {said}"
-            ) from exc
         pump.sink = None
-        if hello.get("op") != "ready":
-            await worker.kill()
-            raise RuntimeError(f"unexpected first message from worker: {hello!r}")
         return worker
 
     def _marker_seen(self, token: str) -> None:

@@ -30,6 +30,9 @@ from meadow_core import protocol
 from meadow_core.task_context import STORE_VARIABLE, TaskContext, set_current_task
 
 END_MARKER = b"\x1eMEADOW-END "
+#: A container worker proves with this value (from its environment) that it is the
+#: worker the agent started, not another local user who found the agent's socket.
+WORKER_TOKEN_VARIABLE = "MEADOW_WORKER_TOKEN"
 _FUNCTION_CACHE_SIZE = 32
 
 
@@ -204,7 +207,11 @@ class _Worker:
             end_leftovers()
 
     def _serve(self) -> None:
-        self.send({"op": "ready", "pid": os.getpid()})
+        ready: dict[str, Any] = {"op": "ready", "pid": os.getpid()}
+        token = os.environ.pop(WORKER_TOKEN_VARIABLE, None)  # tasks need not see it
+        if token is not None:
+            ready["token"] = token
+        self.send(ready)
         while True:
             try:
                 message = _recv(self.sock)
