@@ -27,7 +27,7 @@ def test_only_the_peer_with_the_token_is_taken_for_the_worker(tmp_path: Path) ->
         genuine_reader, genuine = await asyncio.open_unix_connection(path)
         genuine.write(protocol.frame({"op": "ready", "pid": 2, "token": "s3cret"}))
         await genuine.drain()
-        connection, reader, writer = await asyncio.wait_for(accepted, 10)
+        _, _, writer = await asyncio.wait_for(accepted, 10)
         writer.write(protocol.frame({"op": "run", "token": "t1"}))
         await writer.drain()
         header = await genuine_reader.readexactly(protocol.frame_header_size())
