@@ -42,7 +42,7 @@ def _unavailable() -> str | None:
     try:
         import docker
     except ImportError:
-        return "the docker SDK is not installed (pip install meadow[containers])"
+        return "the docker SDK is not installed (pip install 'meadow-core[containers]')"
     try:
         client = docker.from_env()
         client.ping()
