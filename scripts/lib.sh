@@ -55,22 +55,32 @@ ensure_uv() {
     command -v uv >/dev/null 2>&1 || die "uv still not on PATH after install"
 }
 
-# The environments are uv projects of this workspace, synced exactly from uv.lock
-# (--locked: a lock that does not match the pyproject files is an error, never a
-# silent re-resolution). Built from the machine's python3.
-export UV_PYTHON="${UV_PYTHON:-$(system_python)}"
+# make_venv DIR: create a venv at DIR from the system python3, unless a working
+# one is already there (one whose interpreter no longer runs is rebuilt).
+make_venv() {
+    local dir="$1"
+    if [[ -x "$dir/bin/python" ]] && "$dir/bin/python" -c '' >/dev/null 2>&1; then
+        return 0
+    fi
+    log "creating venv $dir"
+    uv venv --quiet --clear --python "$(system_python)" "$dir"
+}
 
-# The core venv at $ROOT/.venv: meadow-core, the dev cloud and the dev group (pytest,
-# ruff, mypy, ...). uv makes it a quick no-op when nothing changed.
+# The core venv at $ROOT/.venv: meadow-core and the dev cloud (editable) plus the dev
+# group (pytest, ruff, mypy, ...), as noxfile.py builds it. Always re-runs the
+# install: uv makes it a quick no-op when nothing changed.
 ensure_core_venv() {
     ensure_uv
-    (cd "$ROOT" && uv sync --locked --quiet)
+    make_venv "$ROOT/.venv"
+    (cd "$ROOT" && uv pip install --quiet --python .venv/bin/python -e . -e ./devcloud \
+        --group pyproject.toml:dev)
 }
 
 # nox (pinned in pyproject.toml's `nox` group) in a venv of its own, .venvs/nox.
 ensure_nox() {
     ensure_uv
-    (cd "$ROOT" && UV_PROJECT_ENVIRONMENT="$ROOT/.venvs/nox" uv sync --locked --quiet --only-group nox)
+    make_venv "$ROOT/.venvs/nox"
+    (cd "$ROOT" && uv pip install --quiet --python .venvs/nox/bin/python --group pyproject.toml:nox)
 }
 
 # apt_ensure PKG...: install the Debian packages whose commands are missing
