@@ -11,10 +11,14 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+#: The distribution that installs ``meadow_core`` (its metadata names Meadow's own
+#: dependencies and version). Not "meadow": another project owns that name on PyPI.
+DISTRIBUTION = "meadow-core"
+
 #: The ``meadow_core`` directory these modules were imported from.
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
-#: The version when no ``meadow`` distribution is installed (the package is only on
+#: The version when no ``meadow-core`` distribution is installed (the package is only on
 #: ``sys.path``, as in a worker's copy); the same as ``version`` in pyproject.toml.
 _FALLBACK_VERSION = "0.1.0"
 
@@ -28,7 +32,7 @@ def _installed_version() -> str:
     import importlib.metadata
 
     try:
-        return importlib.metadata.version("meadow")
+        return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return _FALLBACK_VERSION
 

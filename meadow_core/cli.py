@@ -526,8 +526,8 @@ def _add_cloud_commands() -> None:
         @cli.command("aws", context_settings={"ignore_unknown_options": True})
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
         def aws_missing(args: tuple[str, ...]) -> None:
-            """Meadow on AWS (needs `pip install meadow[aws]`)."""
-            raise click.ClickException(f"{missing}: install it with `pip install meadow[aws]`")
+            """Meadow on AWS (needs `pip install meadow-core[aws]`)."""
+            raise click.ClickException(f"{missing}: install it with `pip install meadow-core[aws]`")
 
         return
     for entry in importlib.metadata.entry_points(group="meadow.aws_commands"):

@@ -66,7 +66,7 @@ def _client() -> Any:
         import docker
     except ImportError as exc:
         raise ContainerUnavailableError(
-            "container images need the docker SDK: pip install meadow[containers]"
+            "container images need the docker SDK: pip install 'meadow-core[containers]'"
         ) from exc
     try:
         client = docker.from_env(timeout=600)

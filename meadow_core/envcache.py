@@ -114,7 +114,7 @@ def meadow_runtime_requirements() -> list[str]:
     pins: dict[str, str] = {}
     todo = [
         r
-        for r in importlib.metadata.requires("meadow") or []
+        for r in importlib.metadata.requires(_runtime.DISTRIBUTION) or []
         if not _EXTRA.search(r) and _requirement_name(r) not in _NOT_NEEDED_BY_WORKERS
     ]
     while todo:

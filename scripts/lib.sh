@@ -56,8 +56,7 @@ ensure_uv() {
 }
 
 # make_venv DIR: create a venv at DIR from the system python3, unless a working
-# one is already there. A venv whose interpreter no longer runs (e.g. python3
-# changed underneath it) is rebuilt from scratch.
+# one is already there (one whose interpreter no longer runs is rebuilt).
 make_venv() {
     local dir="$1"
     if [[ -x "$dir/bin/python" ]] && "$dir/bin/python" -c '' >/dev/null 2>&1; then
@@ -67,13 +66,21 @@ make_venv() {
     uv venv --quiet --clear --python "$(system_python)" "$dir"
 }
 
-# The core venv at $ROOT/.venv with meadow + [dev] (pytest, ruff, mypy, ...).
-# Always re-runs the install: uv makes it a quick no-op when nothing changed,
-# and it picks up new dependencies after a pull.
+# The core venv at $ROOT/.venv: meadow-core and the dev cloud (editable) plus the dev
+# group (pytest, ruff, mypy, ...), as noxfile.py builds it. Always re-runs the
+# install: uv makes it a quick no-op when nothing changed.
 ensure_core_venv() {
     ensure_uv
     make_venv "$ROOT/.venv"
-    (cd "$ROOT" && uv pip install --quiet --python .venv/bin/python -e ".[dev]" -e ./devcloud)
+    (cd "$ROOT" && uv pip install --quiet --python .venv/bin/python -e . -e ./devcloud \
+        --group pyproject.toml:dev)
+}
+
+# nox (pinned in pyproject.toml's `nox` group) in a venv of its own, .venvs/nox.
+ensure_nox() {
+    ensure_uv
+    make_venv "$ROOT/.venvs/nox"
+    (cd "$ROOT" && uv pip install --quiet --python .venvs/nox/bin/python --group pyproject.toml:nox)
 }
 
 # apt_ensure PKG...: install the Debian packages whose commands are missing

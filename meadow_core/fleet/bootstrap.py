@@ -28,6 +28,7 @@ import filelock
 import platformdirs
 
 from meadow_core import keys
+from meadow_core._runtime import DISTRIBUTION
 from meadow_core.interpreters import uv_binary
 from meadow_core.transport.base import ObjectStore
 
@@ -40,7 +41,7 @@ AGENT_HOME = "/var/lib/meadow"
 def _runtime_distributions(extras: tuple[str, ...]) -> list[str]:
     """Meadow's own (non-extra) dependencies plus the cloud's (``extras``), by name."""
     names = []
-    for requirement in importlib.metadata.requires("meadow") or []:
+    for requirement in importlib.metadata.requires(DISTRIBUTION) or []:
         if "extra ==" not in requirement:
             names.append(re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0])
     return [*names, *extras]
@@ -116,13 +117,14 @@ def build_bundle(extras: tuple[str, ...]) -> tuple[str, Path]:
                 tar.add(lib, arcname="lib")
                 for path in _package_files():
                     tar.add(path, arcname=f"lib/meadow_core/{path.relative_to(package)}")
-                # envcache pins a worker's runtime from meadow's own metadata.
+                # envcache pins a worker's runtime from meadow-core's own metadata.
                 metadata = Path(tmp) / "METADATA"
                 metadata.write_text(
-                    importlib.metadata.distribution("meadow").read_text("METADATA") or ""
+                    importlib.metadata.distribution(DISTRIBUTION).read_text("METADATA") or ""
                 )
-                version = importlib.metadata.version("meadow")
-                tar.add(metadata, arcname=f"lib/meadow-{version}.dist-info/METADATA")
+                version = importlib.metadata.version(DISTRIBUTION)
+                dist_info = f"{DISTRIBUTION.replace('-', '_')}-{version}.dist-info"
+                tar.add(metadata, arcname=f"lib/{dist_info}/METADATA")
             os.replace(partial, target)
     return key, target
 

@@ -81,7 +81,7 @@ def host_class(name: str) -> type[Host]:
     except ImportError as exc:
         raise HostConfigError(
             f"host type {name!r} ({path}) cannot be imported: {exc}; install what it "
-            f"needs (for Meadow's own clouds: pip install 'meadow[{_extra(name)}]')"
+            f"needs (for Meadow's own clouds: pip install 'meadow-core[{_extra(name)}]')"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Host) and dataclasses.is_dataclass(cls)):
         raise HostConfigError(f"host type {name!r} ({path}) is not a dataclass Host")

@@ -17,6 +17,8 @@ from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.errors import InvalidRequestError
 from meadow_core.resources import Resources
 
+pytestmark = [pytest.mark.devcloud]
+
 REGION = "us-east-2"
 #: A long dotted id (as orchestrators derive them): its queue names carry a hash.
 DONE = "nightly.2026-11-22." + "x" * 90 + ".step-1"

@@ -24,6 +24,8 @@ import pytest
 from meadow_devcloud.ec2 import DevCloud, DevCloudError, cleanup
 from meadow_devcloud.vm import netns, procs
 
+pytestmark = [pytest.mark.devcloud, pytest.mark.needs_root]
+
 PYTHON = sys.executable  # has boto3; the VMs see the host's Python read-only
 TAGS = [{"ResourceType": "instance", "Tags": [{"Key": "meadow:managed", "Value": "true"}]}]
 BUCKET = "devcloud-test"

@@ -30,7 +30,12 @@ from meadow_core.clouds.aws.registry import DynamoRegistry
 from meadow_core.errors import UnsatisfiableResourcesError
 from tests.aws import ec2_tasks
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.devcloud,
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+]
 
 REGION = "us-east-2"
 HERE = Path(__file__).resolve().parent

@@ -14,6 +14,8 @@ from meadow_core.clouds.aws import session
 from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.aws import ec2_tasks
 
+pytestmark = [pytest.mark.devcloud]
+
 REGION = "us-east-2"
 
 

@@ -18,6 +18,8 @@ from meadow_core.clouds.aws.store import ObjectNotFoundError, S3ObjectStore
 from meadow_core.remote.mirror import StoreMirror
 from meadow_core.transport.local import LocalObjectStore
 
+pytestmark = [pytest.mark.devcloud]
+
 
 @pytest.fixture
 def remote(aws_env: dict[str, str]) -> tuple[S3ObjectStore, collections.Counter[str]]:

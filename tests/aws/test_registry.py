@@ -28,6 +28,8 @@ from meadow_core.clouds.aws.registry import (
 )
 from meadow_core.resources import Resources
 
+pytestmark = [pytest.mark.devcloud]
+
 
 @pytest.fixture
 def registry(aws_env: dict[str, str]) -> DynamoRegistry:

@@ -11,6 +11,8 @@ import pytest
 from meadow_core.clouds.aws import session, store
 from meadow_core.clouds.aws.store import S3ObjectStore
 
+pytestmark = [pytest.mark.devcloud]
+
 BUCKET = "meadow-test-store"
 
 

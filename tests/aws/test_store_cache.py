@@ -20,6 +20,8 @@ from meadow_core.keys import spec_key
 from meadow_core.protocol import Environment, JobSpec
 from meadow_core.remote import store_cache
 
+pytestmark = [pytest.mark.devcloud]
+
 DAY = 86400.0
 THIRTY_DAYS = 30 * DAY
 

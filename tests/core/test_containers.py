@@ -34,6 +34,8 @@ from meadow_core import (
 )
 from meadow_core.container_interpreters import ContainerInterpreter
 
+pytestmark = [pytest.mark.docker]
+
 REGISTRY = os.environ.get("MEADOW_TEST_REGISTRY", "127.0.0.1:5000")
 BASE_IMAGE = os.environ.get("MEADOW_TEST_BASE_IMAGE", "meadow-base:bookworm")
 
@@ -42,7 +44,7 @@ def _unavailable() -> str | None:
     try:
         import docker
     except ImportError:
-        return "the docker SDK is not installed (pip install meadow[containers])"
+        return "the docker SDK is not installed (pip install 'meadow-core[containers]')"
     try:
         client = docker.from_env()
         client.ping()

@@ -9,9 +9,10 @@ from typing import Any
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Register ``@task.meadow``; ``package-name`` must equal the distribution (``meadow``)."""
+    """Register ``@task.meadow``; ``package-name`` must equal the distribution that
+    declares the entry point (``meadow-airflow``)."""
     return {
-        "package-name": "meadow",
+        "package-name": "meadow-airflow",
         "name": "Meadow",
         "description": "Run Airflow tasks on machines Meadow provisions (this one, or a cloud's).",
         "task-decorators": [

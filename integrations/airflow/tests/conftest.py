@@ -38,9 +38,16 @@ os.environ.update(
         "MEADOW_AWS_CATALOG": "snapshot",
     }
 )
-for _name in [n for n in os.environ if n.startswith("AWS_") and n not in os.environ.get(
-    "MEADOW_KEEP_AWS_VARIABLES", "AWS_EC2_METADATA_DISABLED AWS_SHARED_CREDENTIALS_FILE "
-    "AWS_CONFIG_FILE").split()]:
+for _name in [
+    n
+    for n in os.environ
+    if n.startswith("AWS_")
+    and n
+    not in os.environ.get(
+        "MEADOW_KEEP_AWS_VARIABLES",
+        "AWS_EC2_METADATA_DISABLED AWS_SHARED_CREDENTIALS_FILE AWS_CONFIG_FILE",
+    ).split()
+]:
     del os.environ[_name]
 (_ROOT / "markers").mkdir(parents=True)
 

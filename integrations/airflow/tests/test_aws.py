@@ -17,7 +17,12 @@ from meadow_devcloud.ec2.installed import credentials, installed_devcloud
 from tests.devcloud_guard import require_vm_host
 
 REGION = "us-east-2"
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.devcloud,
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def test_provider_entry_point_registers_task_meadow() -> None:
     info = entry_point.load()()
     schema_path = Path(airflow.__file__).parent / "provider_info.schema.json"
     jsonschema.validate(info, json.loads(schema_path.read_text()))
-    assert info["package-name"] == "meadow"
+    assert info["package-name"] == "meadow-airflow"
 
     from airflow.sdk import task
 

@@ -17,7 +17,12 @@ from meadow_core import get_job_sync
 from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.devcloud_guard import require_vm_host
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.devcloud,
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+]
 REGION = jobs.EC2_REGION
 
 

@@ -64,6 +64,7 @@ def test_failure_propagates_to_downstream(host: LocalHost, client: SyncPrefectCl
     upstream, downstream = state.result(raise_on_failure=False)
     assert upstream.is_failed()
     assert downstream.type == StateType.PENDING and downstream.name == "NotReady"
+
     def recorded(runs: list[Any]) -> bool:
         names = {r.state.name for r in runs if r.state is not None}
         return "Failed" in names and "NotReady" in names

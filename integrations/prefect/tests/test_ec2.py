@@ -22,7 +22,12 @@ from meadow_core import Deployment, PipRequirementsFile, Resources
 from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.devcloud_guard import require_vm_host
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.devcloud,
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+]
 REGION = "us-east-2"
 HERE = Path(__file__).resolve().parent
 

@@ -27,7 +27,7 @@ def _admin() -> Any:
         from meadow_core.clouds.aws import admin
     except ImportError as exc:
         raise click.ClickException(
-            f"`meadow aws` needs boto3 ({exc}): pip install 'meadow[aws]'"
+            f"`meadow aws` needs boto3 ({exc}): pip install 'meadow-core[aws]'"
         ) from exc
     return admin
 
