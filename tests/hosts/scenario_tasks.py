@@ -1,9 +1,9 @@
 """What the conformance scenarios run on a host: plain functions, imported by reference
 (the deployment ships this checkout, or LocalHost uses it in place).
 
-Nothing here may rely on a file the caller can read: on a cloud host the task runs on
-another machine. State that must survive a retry goes into the task's store
-(``current_task().store``), which is the host's place wherever the task runs.
+Nothing here may rely on a file the caller can read, or on what an earlier attempt left
+on its machine: on a cloud host the task runs elsewhere, a retry maybe on another
+machine.
 """
 
 from __future__ import annotations
@@ -53,15 +53,13 @@ def chatty_item(item: tuple[str, int]) -> int:
     return index
 
 
-def flaky(item: tuple[str, int, bool]) -> tuple[int, int]:
-    """Fails the first time it runs for ``(token, x)`` when ``fail_first``; returns x * 10
-    and the attempt the task says it is on. Runs are counted in the task's store."""
-    token, x, fail_first = item
+def flaky(item: tuple[int, bool]) -> tuple[int, int]:
+    """Fails its first attempt when ``fail_first``; returns x * 10 and the attempt the
+    task says it is on (``current_task()``, which must agree with the caller's count)."""
+    x, fail_first = item
     context = current_task()
     assert context is not None, "not running in a Meadow task"
-    key = f"conformance/{token}/{x}"
-    if fail_first and not context.store.exists(key):
-        context.store.put(key, b"ran")
+    if fail_first and context.attempt == 1:
         raise RuntimeError(f"transient failure of item {x}")
     return x * 10, context.attempt
 
