@@ -46,6 +46,9 @@ class HostUnderTest(Protocol):
     max_task_memory_gb: float
     #: How long a first task may take to start (a cold machine boots).
     start_timeout: float
+    #: Whether ``kill_task_process`` can reach the machines' processes (a real cloud
+    #: may not let a test do that; the killed-worker scenario is then skipped).
+    can_kill_task_processes: bool
 
     def kill_task_process(self, marker: str) -> bool:
         """SIGKILL the process of a running task that named itself ``marker``
@@ -136,6 +139,7 @@ class LocalHostUnderTest:
     resources = mc.Resources(logical_cpu=1)
     max_task_memory_gb = 2.0
     start_timeout = 30.0
+    can_kill_task_processes = True
 
     def __init__(self, home: Path, idle_timeout: float = 5.0) -> None:
         self.home = home
@@ -211,6 +215,8 @@ class Ec2DevCloudUnderTest:
     resources = mc.Resources(logical_cpu=1, memory_gb=1, max_eviction_rate=0)
     max_task_memory_gb = 8.0
     start_timeout = 150.0
+    #: The simulated VMs' processes are this machine's, in other namespaces.
+    can_kill_task_processes = True
 
     def __init__(
         self,

@@ -98,8 +98,11 @@ def test_function_returns_its_value_and_raises_its_exception(
     assert "raise_value_error" in info.value.remote_traceback
 
 
-def test_command_returns_its_exit_code_and_output(host_under_test: HostUnderTest) -> None:
+def test_command_returns_its_exit_code_and_output(
+    host_under_test: HostUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
     hut = host_under_test
+    caplog.set_level(logging.INFO, logger="meadow")
     tag = uuid.uuid4().hex
     completion = mc.run_command_sync(
         ["sh", "-c", f"echo out {tag}; echo err {tag} >&2; exit 3"],
@@ -110,6 +113,9 @@ def test_command_returns_its_exit_code_and_output(host_under_test: HostUnderTest
     )
     assert completion.return_code == 3
     assert f"out {tag}" in completion.log and f"err {tag}" in completion.log
+    # The output also streams to the `meadow` logger as it is printed.
+    streamed = [r.getMessage() for r in caplog.records if r.name.startswith("meadow")]
+    assert any(f"out {tag}" in m for m in streamed), streamed
     with pytest.raises(mc.TaskException) as info:
         mc.run_command_sync(
             ["sh", "-c", "exit 5"],
@@ -219,6 +225,8 @@ def test_retry_with_more_memory(host_under_test: HostUnderTest) -> None:
 
 def test_a_killed_worker_costs_a_retry_or_reports_a_crash(host_under_test: HostUnderTest) -> None:
     hut = host_under_test
+    if not hut.can_kill_task_processes:
+        pytest.skip(f"{hut.name} does not let a test kill a task's process")
     victim, bystander = _marker(), _marker()
     killer = _Killer(hut, victim)
     killer.start()
