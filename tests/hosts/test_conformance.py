@@ -409,7 +409,7 @@ def test_bad_input_fails_before_anything_launches(host_under_test: HostUnderTest
     with pytest.raises(mc.SerializationError, match="argument"):
         _run(hut, tasks.square, args=(threading.Lock(),))
     with pytest.raises(mc.SerializationError, match="argument 1"):
-        mc.run_map_sync(tasks.square, [1, threading.Lock()], **_map_kwargs(hut))
+        mc.run_map_sync(tasks.square, [1, threading.Lock()], **_map_kwargs(hut))  # type: ignore[arg-type]
     with pytest.raises(UnsatisfiableResourcesError):
         _run(hut, tasks.square, args=(2,), resources=mc.Resources(logical_cpu=10_000))
     with pytest.raises(mc.InvalidRequestError, match="job_id"):
