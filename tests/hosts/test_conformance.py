@@ -287,10 +287,12 @@ def test_cancel_stops_a_running_map(host_under_test: HostUnderTest) -> None:
         **_map_kwargs(hut),
         wait_for_result=False,
     )
+    # One running is enough (a one-CPU machine runs them one at a time): the other is
+    # then running or queued, and both must end up cancelled.
     wait_for(
-        lambda: all(hut.task_process_exists(m) for m in markers),
+        lambda: any(hut.task_process_exists(m) for m in markers),
         hut.start_timeout,
-        "both tasks to run",
+        "a task to run",
     )
     started = time.monotonic()
     assert handle.cancel_sync()
