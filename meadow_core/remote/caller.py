@@ -330,10 +330,45 @@ class RemoteHost(Host):
             try:
                 self._notify_cancel(job_id)
             finally:
-                self._finish(job_id, protocol.JOB_CANCELLED)
+                try:
+                    self._record_cancelled(job_id, record.num_tasks)
+                finally:
+                    self._finish(job_id, protocol.JOB_CANCELLED)
             return True
 
         return await asyncio.to_thread(cancel)
+
+    def _record_cancelled(self, job_id: str, num_tasks: int) -> None:
+        """Store a final ``cancelled`` outcome for every task that has none, as the
+        local agent does, so whoever waits on the job (its caller, one reattaching
+        later, ``meadow wait``) is told each task was cancelled instead of getting no
+        outcome at all. Conditional puts: a result a machine stored first is kept."""
+        store = self.place.store
+        final = outcomes.final_outcomes(store, job_id)
+        attempts: dict[int, int] = {}
+        for key in store.list_keys(keys.results_prefix(job_id)):
+            attempts[keys.task_of_result_key(key)] = int(key.rsplit(".", 1)[-1])
+        now = time.time()
+
+        def record(task_id: int) -> None:
+            attempt = attempts.get(task_id, 0) + 1  # the attempt that will not run now
+            outcome = TaskOutcome(
+                job_id=job_id,
+                task_id=task_id,
+                attempt=attempt,
+                outcome=protocol.CANCELLED,
+                final=True,
+                error=[protocol.ErrorKind.TASK_CANCELLED, "the job was cancelled", ""],
+                finished=now,
+            )
+            store.put_if_absent(
+                keys.result_key(job_id, task_id, attempt), protocol.pack(outcome.to_wire())
+            )
+
+        missing = [task_id for task_id in range(num_tasks) if task_id not in final]
+        if missing:
+            with concurrent.futures.ThreadPoolExecutor(min(16, len(missing))) as pool:
+                list(pool.map(record, missing))
 
     async def get_spec(self, job_id: str) -> JobSpec | None:
         def read() -> JobSpec | None:

@@ -40,8 +40,15 @@ def final_outcomes(store: ObjectStore, job_id: str, at_least: int = 0) -> dict[i
 def finished_fields(final: Mapping[int, TaskOutcome]) -> dict[str, Any]:
     """The job record's fields once every task's final outcome is in ``final``."""
     failed = sum(1 for o in final.values() if o.outcome != protocol.SUCCEEDED)
+    # Only a cancel gives a task a cancelled outcome: the job stays cancelled, as on
+    # LocalHost, when a waiter that got every outcome records it afterwards.
+    cancelled = any(o.outcome == protocol.CANCELLED for o in final.values())
     return {
-        "state": protocol.JOB_FAILED if failed else protocol.JOB_SUCCEEDED,
+        "state": protocol.JOB_CANCELLED
+        if cancelled
+        else protocol.JOB_FAILED
+        if failed
+        else protocol.JOB_SUCCEEDED,
         "finished": time.time(),
         "num_done": len(final),
         "num_failed": failed,

@@ -204,16 +204,18 @@ class _JobServer:
         local_id = f"{self.job_id}.{task.task_id}.{task.attempt}"
         if len(local_id) > 128:
             local_id = protocol.content_key(local_id.encode(), "t").replace("/", "-")[:128]
+        # One attempt, run under its own number: the task's current_task().attempt is
+        # the caller's, and the local agent retries nothing (this relay does).
         local_spec = dataclasses.replace(
             spec,
             job_id=local_id,
             num_tasks=1,
-            max_attempts=1,
+            max_attempts=task.attempt,
             retry_with_more_memory=False,
             num_concurrent_tasks=1,
             created=time.time(),
         )
-        local_task = dataclasses.replace(task, job_id=local_id, attempt=1)
+        local_task = dataclasses.replace(task, job_id=local_id)
         keep_hidden = asyncio.ensure_future(self._keep_hidden(work, delivery))
         self.running[local_id] = _Running(local_id, work, delivery, keep_hidden)
         pending_lines: list[str] = []

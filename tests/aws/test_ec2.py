@@ -2,7 +2,9 @@
 instances' real user data, install the agent bundle from S3 and serve jobs.
 
 One module-scoped installation (bucket, table, role, security group); each test
-checks what a user would see (results, reuse, self-termination, nothing left).
+checks what a user would see (results, reuse, self-termination, nothing left). What
+every host must do (commands, reattach, cancel, ...) is in the host conformance suite
+(`tests/hosts`), which runs on EC2 too; this module keeps what is EC2's own.
 """
 
 from __future__ import annotations
@@ -211,21 +213,6 @@ def test_what_a_task_keeps_in_its_store_lands_in_the_bucket(cloud: DevCloud) -> 
     assert asyncio.run(_host().read_object(key)) == b"kept"
 
 
-def test_run_command_streams_its_output_and_returns_its_exit_code(
-    cloud: DevCloud, deployment: mc.Deployment, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level("INFO", logger="meadow")
-    completion = mc.run_command_sync(
-        ["sh", "-c", "echo hello from ec2; exit 3"],
-        host=_host(),
-        resources=SMALL,
-        deployment=deployment,
-        check=False,
-    )
-    assert completion.return_code == 3
-    assert "hello from ec2" in caplog.text
-
-
 def test_the_meadow_command_follows_ec2_jobs(cloud: DevCloud, deployment: mc.Deployment) -> None:
     """`meadow --region R wait/jobs/status/logs` on a job submitted without waiting."""
     handle = mc.run_command_sync(
@@ -253,45 +240,6 @@ def test_the_meadow_command_follows_ec2_jobs(cloud: DevCloud, deployment: mc.Dep
     assert "succeeded" in status.stdout and "1/1 done" in status.stdout, status.stderr
     logs = meadow("logs", handle.job_id)
     assert logs.returncode == 0 and "made on an instance" in logs.stdout, logs.stderr
-
-
-def test_a_finished_job_can_be_waited_on_and_its_id_reattaches(
-    cloud: DevCloud, deployment: mc.Deployment
-) -> None:
-    job_id = mc.deterministic_job_id("ec2-test", uuid.uuid4().hex, 1)
-    first = mc.run_function_sync(
-        ec2_tasks.six_version, host=_host(), resources=SMALL, deployment=deployment, job_id=job_id
-    )
-    # A restarted orchestrator submits the same id again: it gets the stored result.
-    again = mc.run_function_sync(
-        ec2_tasks.six_version, host=_host(), resources=SMALL, deployment=deployment, job_id=job_id
-    )
-    assert again == first
-    assert mc.wait_for_job_sync(job_id, host=_host()) == first
-    assert mc.get_job_sync(job_id, host=_host()).state == "succeeded"
-
-
-def test_cancel_stops_a_running_map_and_frees_its_workers(
-    cloud: DevCloud, deployment: mc.Deployment
-) -> None:
-    handle = mc.run_map_sync(
-        ec2_tasks.square_slowly,
-        [(x, 20.0) for x in range(4)],
-        host=_host(),
-        resources_per_task=SMALL,
-        deployment=deployment,
-        wait_for_result=False,
-    )
-    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
-
-    def allocated() -> bool:
-        return any(handle.job_id in r.allocations for r in registry.list())
-
-    _wait(allocated, 60, "the map to be allocated", cloud)
-    time.sleep(3)  # tasks are running now
-    assert handle.cancel_sync()
-    assert mc.get_job_sync(handle.job_id, host=_host()).state == "cancelled"
-    _wait(lambda: not allocated(), 30, "the cancelled map's workers to be freed", cloud)
 
 
 def test_map_over_three_instances_delivers_every_result_once(
