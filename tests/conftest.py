@@ -20,12 +20,6 @@ from meadow_core.agent.processes import AGENT_HOME_VARIABLE
 from tests.devcloud_guard import require_vm_host
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "devcloud: needs the dev cloud (root and network namespaces; fails in CI)"
-    )
-
-
 def meadow_processes_under(base: str) -> list[psutil.Process]:
     """Agents (by their --home argument) and task processes (by their environment)."""
     found = []

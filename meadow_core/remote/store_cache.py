@@ -24,10 +24,10 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
-from meadow_core import keys, protocol
+from meadow_core import protocol
 from meadow_core.code_snapshot import CodeSnapshot
 from meadow_core.envcache import packed_spec
-from meadow_core.keys import CONTENT_PREFIXES, spec_key
+from meadow_core.keys import CODE_MANIFESTS, CONTENT_PREFIXES, ENV_SPECS, spec_key
 from meadow_core.protocol import TERMINAL_JOB_STATES, JobSpec
 from meadow_core.remote.jobs import JobTable
 from meadow_core.transport.base import ObjectStore, StoredObjectInfo
@@ -35,7 +35,7 @@ from meadow_core.transport.base import ObjectStore, StoredObjectInfo
 #: Content-addressed prefixes in the store, and what they hold.
 KINDS = CONTENT_PREFIXES
 #: Objects that name others: judged by their own upload time, with what they name.
-_JUDGED_BY_AGE = (keys.CODE_MANIFESTS + "/", keys.ENV_SPECS + "/")
+_JUDGED_BY_AGE = (CODE_MANIFESTS + "/", ENV_SPECS + "/")
 DEFAULT_OLDER_THAN_DAYS = 30.0
 #: Callers trust for ten minutes that an object they saw is still there.
 MIN_OLDER_THAN_SECONDS = 86400.0
@@ -100,7 +100,7 @@ def _expand(roots: Iterable[str], store: ObjectStore) -> set[str]:
     """The roots plus the code objects their manifests name (``_is_live`` adds the
     archives their environment specs name)."""
     live = set(roots)
-    manifests = [k for k in live if k.startswith(keys.CODE_MANIFESTS + "/")]
+    manifests = [k for k in live if k.startswith(CODE_MANIFESTS + "/")]
 
     def contents(key: str) -> list[str]:
         try:
