@@ -37,6 +37,30 @@ def _installed_version() -> str:
         return _FALLBACK_VERSION
 
 
+#: What of the package ships to a machine: code, the price snapshots, ``py.typed``.
+SHIPPED_SUFFIXES = (".py", ".json", ".typed")
+
+
+def package_files() -> list[Path]:
+    """The package's files that ship in an agent bundle, in a stable order."""
+    return sorted(
+        path
+        for path in PACKAGE_ROOT.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in SHIPPED_SUFFIXES
+    )
+
+
+@functools.cache
+def package_digest() -> str:
+    """A digest of every shipped file (what an agent bundle's key is made of, with the
+    Python version and the pinned dependencies)."""
+    digest = hashlib.sha256()
+    for path in package_files():
+        digest.update(str(path.relative_to(PACKAGE_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 @functools.cache
 def runtime_id() -> str:
     """A digest of ``meadow_core``'s ``*.py`` files: a copy of the package (in a built

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import filelock
 import platformdirs
 
-from meadow_core import keys
+from meadow_core import _runtime, keys
 from meadow_core._runtime import DISTRIBUTION
 from meadow_core.interpreters import uv_binary
 from meadow_core.transport.base import ObjectStore
@@ -59,26 +59,14 @@ def _pins(extras: tuple[str, ...]) -> list[str]:
     return pins
 
 
-def _package_files() -> list[Path]:
-    package = Path(__file__).resolve().parents[1]
-    return sorted(
-        p
-        for p in package.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".json", ".typed")
-    )
-
-
 @functools.cache
 def bundle_key(extras: tuple[str, ...]) -> str:
-    """The store key of this caller's bundle: a hash of Python, pins and Meadow's code
-    (once per process: neither changes while it runs)."""
+    """The store key of this caller's bundle: a hash of Python, pins and Meadow's
+    shipped files (once per process: none of them changes while it runs)."""
     digest = hashlib.sha256()
     digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
     digest.update("\n".join(_pins(extras)).encode())
-    package = Path(__file__).resolve().parents[1]
-    for path in _package_files():
-        digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
+    digest.update(_runtime.package_digest().encode())
     return f"{keys.BUNDLES}/{digest.hexdigest()}.tar.gz"
 
 
@@ -111,11 +99,11 @@ def build_bundle(extras: tuple[str, ...]) -> tuple[str, Path]:
                 check=True,
                 capture_output=True,
             )
-            package = Path(__file__).resolve().parents[1]
+            package = _runtime.PACKAGE_ROOT
             partial = Path(tmp) / "bundle.tar.gz"
             with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
                 tar.add(lib, arcname="lib")
-                for path in _package_files():
+                for path in _runtime.package_files():
                     tar.add(path, arcname=f"lib/meadow_core/{path.relative_to(package)}")
                 # envcache pins a worker's runtime from meadow-core's own metadata.
                 metadata = Path(tmp) / "METADATA"
