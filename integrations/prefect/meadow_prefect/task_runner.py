@@ -243,7 +243,7 @@ class _MapBatch:
         delivered: set[int] = set()
         loggers = {index: pending.logger for index, pending in enumerate(wave)}
         try:
-            with route_logs(job_id, into_task_runs(loggers)):
+            with runner._credentials(), route_logs(job_id, into_task_runs(loggers)):
                 results: Iterable[TaskResult[Any]] = run_map_as_completed_sync(
                     functools.partial(_remote.apply, self.fn),
                     [(p.args, p.kwargs) for p in wave],
@@ -302,9 +302,15 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         max_workers: int | None = None,
         forward_api_url: bool = True,
         nested: bool = False,
+        credentials: Any = None,
     ) -> None:
         super().__init__(max_workers=max_workers)
+        if credentials is not None and (host is None or not host.takes_credentials):
+            raise ValueError(
+                f"credentials= needs a host that takes them; {type(host).__name__} does not"
+            )
         self.host = host
+        self.credentials = credentials
         self.resources = resources
         self.deployment = deployment
         self.timeout_seconds = timeout_seconds
@@ -323,6 +329,7 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
             max_workers=self._max_workers,
             forward_api_url=self.forward_api_url,
             nested=self.nested,
+            credentials=self.credentials,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -332,6 +339,7 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
             and self.resources == other.resources
             and self.deployment == other.deployment
             and self.timeout_seconds == other.timeout_seconds
+            and self.credentials is other.credentials
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -344,7 +352,15 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         state.update(_executor=None, _cancel_events={}, _worker_thread_ids=set(), _started=False)
         state["_active_jobs"] = set()
         state["_job_of_task_run"] = {}
+        state["credentials"] = None  # a cloud session stays in the flow's process
         return state
+
+    def _credentials(self) -> contextlib.AbstractContextManager[object]:
+        """The runner's credentials applied to its host for a block (a Prefect
+        credentials block, a cloud SDK session or a mapping: the host decides)."""
+        if self.host is None or self.credentials is None:
+            return contextlib.nullcontext()
+        return self.host.credentials(self.credentials)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -397,7 +413,7 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
     # -- internals ----------------------------------------------------------------------
 
     def _cancel_job(self, job_id: str) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), self._credentials():
             cancel_job_sync(job_id, self.host)
 
     def _options_for(self, task: Task[Any, Any]) -> _Options:
@@ -511,7 +527,7 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
             target = (
                 fn if callable(fn) and not _is_async(fn) else functools.partial(_remote.call, fn)
             )
-            with route_logs(job_id, logger):
+            with self._credentials(), route_logs(job_id, logger):
                 return run_function_sync(
                     target,
                     self.host,

@@ -90,12 +90,21 @@ class AwsCredentials:
 
 def as_credentials(value: object) -> AwsCredentials | None:
     """``AwsCredentials`` from what an orchestrator hands ``AllocEC2Instance.credentials``:
-    ``None``, an ``AwsCredentials``, a ``boto3.Session``, or a mapping of
+    ``None``, an ``AwsCredentials``, a ``boto3.Session``, an object that makes one
+    (``get_boto3_session()``, as Prefect's credentials blocks do), or a mapping of
     ``AwsCredentials`` field names (a ``session`` among them, plus its ``endpoint_url``)."""
     if value is None or isinstance(value, AwsCredentials):
         return value
     if isinstance(value, boto3.session.Session):
         return AwsCredentials(session=value, region_name=value.region_name)
+    get_session = getattr(value, "get_boto3_session", None)
+    if callable(get_session):  # a credentials block (Prefect's AwsCredentials, say)
+        made = as_credentials(get_session())
+        parameters = getattr(value, "aws_client_parameters", None)
+        endpoint = getattr(parameters, "endpoint_url", None)
+        if made is not None and endpoint:
+            made = dataclasses.replace(made, endpoint_url=str(endpoint))
+        return made
     if isinstance(value, Mapping):
         valid = [f.name for f in dataclasses.fields(AwsCredentials)]
         unknown = sorted(set(value) - set(valid))
