@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
@@ -116,15 +118,31 @@ def _setup_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
+def _positive_seconds(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    """A duration option: a positive finite number (click's FloatRange lets nan in)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive number of seconds, got {value}")
+    return value
+
+
 def _fail(exc: BaseException) -> None:
-    _console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+    _console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)
     raise SystemExit(1)
 
 
 _resource_options = [
     click.option("--cpu", type=float, default=None, help="Logical CPUs per task."),
     click.option("--memory-gb", type=float, default=None, help="Memory per task, in GB."),
-    click.option("--timeout", "timeout_seconds", type=float, default=None, help="Seconds."),
+    click.option(
+        "--timeout",
+        "timeout_seconds",
+        type=float,
+        default=None,
+        callback=_positive_seconds,
+        help="Seconds.",
+    ),
     click.option("--job-id", default=None, help="Reattach to this job id if it exists."),
 ]
 
@@ -146,6 +164,7 @@ def _with_resource_options(function: Callable[..., Any]) -> Callable[..., Any]:
     "--idle-timeout",
     type=float,
     default=None,
+    callback=_positive_seconds,
     help=f"Seconds an agent (or a cloud machine) started by this command waits without "
     f"work before exiting, for a host with an idle_timeout setting [default: the host's; "
     f"{DEFAULT_IDLE_TIMEOUT:g} here].",

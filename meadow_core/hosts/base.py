@@ -11,10 +11,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meadow_core.errors import InvalidRequestError
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import Resources
 from meadow_core.watch import JobWatch
@@ -132,3 +134,11 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def object_location(self, key: str) -> str:
         """Where a person finds a stored object (a path or URL)."""
+
+
+def check_positive_seconds(name: str, value: object) -> None:
+    """Refuse a duration that is not a positive finite number (``nan``, ``-5``, text)."""
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float) and math.isfinite(value) and value > 0
+    ):
+        raise InvalidRequestError(f"{name} must be a positive number of seconds, got {value!r}")

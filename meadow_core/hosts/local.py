@@ -26,7 +26,7 @@ import filelock
 from meadow_core import _runtime, protocol
 from meadow_core.agent.capacity import Capacity
 from meadow_core.errors import AgentUnavailableError
-from meadow_core.hosts.base import Host
+from meadow_core.hosts.base import Host, check_positive_seconds
 from meadow_core.place import LocalPlace, default_home, peer_uid
 from meadow_core.protocol import Environment, JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.resources import DEFAULT_TASK_CPU, Resources
@@ -213,6 +213,7 @@ class LocalHost(Host):
     memory_gb: float | None = None
 
     def __post_init__(self) -> None:
+        check_positive_seconds("idle_timeout", self.idle_timeout)
         self.place = LocalPlace(Path(self.home) if self.home else default_home())
         self.capacity = Capacity.of_this_machine(self.logical_cpu, self.memory_gb)
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (

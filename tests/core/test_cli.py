@@ -118,3 +118,15 @@ def test_cache_lists_and_prunes_least_recently_used_first(meadow, tmp_path: Path
     meadow("agent", "stop")
     assert "removed" in meadow("cache", "prune", "--max-gb", "0").stdout
     assert meadow("cache", "list").stdout.strip().endswith("0 entries, 0 B")
+
+
+def test_bad_durations_and_bracketed_text_get_plain_errors(meadow) -> None:  # type: ignore[no-untyped-def]
+    for bad in ("nan", "-5", "0"):
+        result = meadow("--idle-timeout", bad, "jobs", check=2)
+        assert "must be a positive number of seconds" in result.stderr
+    result = meadow("command", "--timeout", "nan", "--", "true", check=2)
+    assert "must be a positive number of seconds" in result.stderr
+    # Text the user typed is printed as it is, never read as Rich markup.
+    result = meadow("command", "--job-id", "x[/y]", "--", "true", check=1)
+    assert "x[/y]" in result.stderr + result.stdout
+    assert "MarkupError" not in result.stderr

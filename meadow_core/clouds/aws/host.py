@@ -26,6 +26,7 @@ from meadow_core.clouds.aws.registry import DynamoRegistry
 from meadow_core.clouds.aws.store import S3ObjectStore
 from meadow_core.fleet import bootstrap
 from meadow_core.fleet.vmhost import AllocVM
+from meadow_core.hosts.base import check_positive_seconds
 from meadow_core.protocol import Environment
 from meadow_core.remote.caller import KNOWN_PRESENT_SECONDS, CallerCache, RemotePlace
 from meadow_core.resources import Resources
@@ -85,6 +86,9 @@ class AllocEC2Instance(AllocVM):
         takes: a ``boto3.Session``, a mapping of ``AwsCredentials`` fields); ``None``
         leaves boto3's chain in charge."""
         return session.using(session.as_credentials(credentials))
+
+    def __post_init__(self) -> None:
+        check_positive_seconds("idle_timeout", self.idle_timeout)
 
     @property
     def _state(self) -> _Ec2State:
