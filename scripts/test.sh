@@ -104,25 +104,19 @@ finish() {
 
 nox() { (cd "$ROOT" && "$ROOT/.venvs/nox/bin/nox" "$@"); }
 
-# The machine's packages and daemons the core suite runs against (docker daemon, base
-# image, registry; moto and the VM simulator are started by the tests themselves).
-# Started in this shell so that the variables they export reach pytest, and stopped
-# again by the EXIT trap.
-services_up() { apt_ensure openssh-server socat iproute2 && docker_stack_up; }
-
-# ---- environments: one that cannot be built from uv.lock stops the run -------------
+# ---- environments: one that cannot be built stops the run ---------------------------
 # Here in the main shell, so that a PATH change made to reach uv holds for every step.
 ensure_uv
 step "nox venv" ensure_nox
 ((STEP_RC == 0)) || finish "could not build nox's venv (.venvs/nox)"
 if selected lint || selected core; then
     step "core: venv" nox -s core --install-only
-    ((STEP_RC == 0)) || finish "could not build the core venv (.venv) from uv.lock"
+    ((STEP_RC == 0)) || finish "could not build the core venv (.venv)"
 fi
 for name in "${ADAPTERS[@]}"; do
     if selected "$name" || selected lint; then
         step "$name: venv" nox -s "adapter-$name" --install-only
-        ((STEP_RC == 0)) || finish "could not build the $name venv (.venvs/$name) from uv.lock"
+        ((STEP_RC == 0)) || finish "could not build the $name venv (.venvs/$name)"
     fi
 done
 
@@ -149,8 +143,18 @@ adapter_chain() {
 }
 
 if selected core; then
+    # The daemons the core suite runs against (docker daemon, base image, registry;
+    # moto and the VM simulator are started by the tests themselves), stopped again by
+    # the EXIT trap. In this shell, not a step's subshell: the variables
+    # docker_stack_up exports (registry, base image, apt mirror) must reach pytest.
     SERVICES_STARTED=1
-    step "services up" services_up
+    printf '\n==> services up\n'
+    t0=$EPOCHREALTIME
+    set +e
+    (set -e; apt_ensure openssh-server socat iproute2) && docker_stack_up
+    rc=$?
+    set -e
+    record "services up" "$rc" "$(seconds_since "$t0")"
 fi
 CHAIN=()
 for name in "${ADAPTERS[@]}"; do selected "$name" && CHAIN+=("$name"); done

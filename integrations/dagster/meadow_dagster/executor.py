@@ -24,6 +24,7 @@ from dagster import (
     Noneable,
     Permissive,
     Selector,
+    StringSource,
     executor,
 )
 from dagster import (
@@ -104,6 +105,28 @@ def parse_resources(value: object, where: str) -> Resources:
         raise MeadowDagsterConfigError(f"{where}: tag {RESOURCES_TAG!r}: {exc}") from exc
 
 
+def _without_credentials(run: Any) -> Any:
+    """The run as its steps see it: the executor's credentials stay in this process.
+    A step on a machine needs none of them (it has the machine's own), and an
+    ``{env: NAME}`` value would not resolve there."""
+    execution = dict(run.run_config.get("execution") or {})
+    config = dict(execution.get("config") or {})
+    if config.get("credentials") is None:
+        return run
+    config["credentials"] = None
+    execution["config"] = config
+    return run._replace(run_config={**run.run_config, "execution": execution})
+
+
+def host_credentials(
+    host: Host, credentials: Mapping[str, str] | None
+) -> contextlib.AbstractContextManager[object]:
+    """``host.credentials(credentials)``, or nothing when none are configured."""
+    if not credentials:
+        return contextlib.nullcontext()
+    return host.credentials(dict(credentials))
+
+
 class MeadowExecutor(Executor):
     """Runs each ready step as one Meadow function job and relays its events."""
 
@@ -116,8 +139,10 @@ class MeadowExecutor(Executor):
         max_concurrent: int,
         timeout_seconds: float | None,
         cancel_check_interval: float = 1.0,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
+        self.credentials = dict(credentials) if credentials else None
         self._retries = retries
         self.default_resources = default_resources
         self.environment_variables = dict(environment_variables)
@@ -128,6 +153,11 @@ class MeadowExecutor(Executor):
     @property
     def retries(self) -> RetryMode:
         return self._retries
+
+    def _credentials(self) -> contextlib.AbstractContextManager[object]:
+        """The configured credentials applied to the host for a block (the host's own
+        hook decides what they mean; a host that needs none gets none)."""
+        return host_credentials(self.host, self.credentials)
 
     # -- validation at run start --------------------------------------------------------
 
@@ -145,7 +175,8 @@ class MeadowExecutor(Executor):
             if resources is None:
                 continue
             try:
-                self.host.check_resources(resources)
+                with self._credentials():
+                    self.host.check_resources(resources)
             except MeadowError as exc:
                 raise MeadowDagsterConfigError(
                     f'op "{step.key}": tag {RESOURCES_TAG!r} asks for {resources}, which '
@@ -163,7 +194,7 @@ class MeadowExecutor(Executor):
         self.check_plan(execution_plan)
         recon_job = plan_context.reconstructable_job
         origin = serialize_value(recon_job.get_python_origin())
-        run_text = serialize_value(plan_context.dagster_run)
+        run_text = serialize_value(_without_credentials(plan_context.dagster_run))
         load_data = (
             serialize_value(execution_plan.repository_load_data)
             if execution_plan.repository_load_data is not None
@@ -258,7 +289,7 @@ class MeadowExecutor(Executor):
 
     def _cancel_all(self, running: Mapping[str, str]) -> None:
         for job_id in list(running.values()):
-            with contextlib.suppress(MeadowError):
+            with contextlib.suppress(MeadowError), self._credentials():
                 cancel_job_sync(job_id, self.host)
 
     def _launch(
@@ -296,15 +327,16 @@ class MeadowExecutor(Executor):
 
         def run() -> None:
             try:
-                result: str = run_function_sync(
-                    execute_step,
-                    self.host,
-                    resources,
-                    Deployment(environment_variables=self.environment_variables),
-                    args=(payload,),
-                    job_id=job_id,
-                    timeout_seconds=self.timeout_seconds,
-                )
+                with self._credentials():  # this thread does not inherit the caller's
+                    result: str = run_function_sync(
+                        execute_step,
+                        self.host,
+                        resources,
+                        Deployment(environment_variables=self.environment_variables),
+                        args=(payload,),
+                        job_id=job_id,
+                        timeout_seconds=self.timeout_seconds,
+                    )
                 finished.put((step.key, result))
             except BaseException as exc:  # delivered to the executor loop
                 finished.put((step.key, exc))
@@ -472,6 +504,13 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             description="IO manager keys whose storage every Meadow machine reaches.",
         ),
         "retries": get_retries_config(),
+        "credentials": Field(
+            Noneable(Map(str, StringSource)),
+            default_value=None,
+            description="Credentials handed to the host (for ec2: access_key_id, "
+            "secret_access_key, session_token, region_name, endpoint_url, profile_name); "
+            "each value may come from the environment: {env: NAME}.",
+        ),
     },
     requirements=[],
 )
@@ -484,6 +523,12 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
     config = init_context.executor_config
     _check_job(init_context, list(config["shareable_io_managers"]))  # type: ignore[call-overload]
     host = _host_from_config(config["host"])  # type: ignore[arg-type]
+    credentials: Mapping[str, str] | None = config["credentials"]  # type: ignore[assignment]
+    if credentials and not host.takes_credentials:
+        raise MeadowDagsterConfigError(
+            f"meadow_executor's credentials need a host that takes them; "
+            f"{type(host).__name__} does not"
+        )
     default = None
     if config["logical_cpu"] is not None or config["memory_gb"] is not None:
         try:
@@ -491,7 +536,8 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
                 logical_cpu=config["logical_cpu"],  # type: ignore[arg-type]
                 memory_gb=config["memory_gb"],  # type: ignore[arg-type]
             )
-            host.check_resources(default)
+            with host_credentials(host, credentials):
+                host.check_resources(default)
         except (MeadowError, ValueError) as exc:
             raise MeadowDagsterConfigError(
                 f"meadow_executor's logical_cpu/memory_gb cannot be provided: {exc}"
@@ -504,6 +550,7 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
         environment_variables=config["environment_variables"],  # type: ignore[arg-type]
         max_concurrent=int(max_concurrent),  # type: ignore[call-overload]
         timeout_seconds=config["timeout_seconds"],  # type: ignore[arg-type]
+        credentials=credentials,
     )
 
 

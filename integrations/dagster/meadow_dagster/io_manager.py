@@ -50,9 +50,14 @@ def _host_config(host: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": name, **(settings or {})}
 
 
-def object_store(home: str | None, host: Mapping[str, Any] | None = None) -> _Store:
+def object_store(
+    home: str | None,
+    host: Mapping[str, Any] | None = None,
+    credentials: Mapping[str, str] | None = None,
+) -> _Store:
     """The Meadow object store to use here: the task's own; else that of ``host`` (a
-    host config); else LocalHost's at ``home``."""
+    host config, reached with ``credentials`` through the host's hook); else
+    LocalHost's at ``home``."""
     try:
         task = current_task()
     except Exception:  # outside a task: use the host's store below
@@ -60,7 +65,11 @@ def object_store(home: str | None, host: Mapping[str, Any] | None = None) -> _St
     if task is not None:
         return _Store(task.store)
     if host is not None:
-        return _Store(host_from_config(_host_config(host)).object_store())
+        chosen = host_from_config(_host_config(host))
+        if not credentials:
+            return _Store(chosen.object_store())
+        with chosen.credentials(dict(credentials)):  # the store's client keeps them
+            return _Store(chosen.object_store())
     # LocalHost's store is a directory under its home; reaching it needs no agent.
     return _Store(LocalHost(home=home).object_store())
 
@@ -85,6 +94,11 @@ class MeadowIOManager(ConfigurableIOManager):
     )
     ec2_region: str | None = Field(
         default=None, description="Deprecated: host={'ec2': {'region_name': ...}}."
+    )
+    credentials: dict[str, str] | None = Field(
+        default=None,
+        description="Credentials for the host's store in the orchestrating process, as "
+        "the executor's credentials (values may be EnvVar(...)); tasks use their own.",
     )
 
     def _host(self) -> dict[str, Any] | None:
@@ -112,14 +126,14 @@ class MeadowIOManager(ConfigurableIOManager):
             return
         key = self._key(context)
         data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        object_store(self.home, self._host()).put(key, data)
+        object_store(self.home, self._host(), self.credentials).put(key, data)
         context.add_output_metadata({"meadow_key": key, "bytes": len(data)})
 
     def load_input(self, context: InputContext) -> Any:
         if context.dagster_type.is_nothing:
             return None
         key = self._key(context)
-        store = object_store(self.home, self._host())
+        store = object_store(self.home, self._host(), self.credentials)
         if not store.exists(key):
             raise FileNotFoundError(
                 f"no output stored under {key!r} in the Meadow object store; did the "
