@@ -70,7 +70,7 @@ def test_a_job_runs_every_step_on_ec2(
                     "credentials": {
                         **secrets,
                         "secret_access_key": known.secret_access_key,
-                    }
+                    },
                 }
             }
         },
