@@ -62,8 +62,15 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 
 
 @pytest.fixture(scope="session")
+def vm_visible_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A host directory every dev cloud VM sees (read-only): tests drop gate files here
+    to hold a task at a known point instead of guessing how long a step takes."""
+    return tmp_path_factory.mktemp("vm-visible")
+
+
+@pytest.fixture(scope="session")
 def devcloud(
-    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory, vm_visible_dir: Path
 ) -> Iterator[DevCloud]:
     """The VM simulator on the session's moto: boots every Meadow-tagged instance.
 
@@ -76,7 +83,7 @@ def devcloud(
     cloud = DevCloud.start(
         tmp_path_factory.mktemp("devcloud"),
         moto_url=moto_server.url,
-        shared_paths=(sys.prefix,),
+        shared_paths=(sys.prefix, str(vm_visible_dir)),
     )
     try:
         yield cloud

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from meadow_core.clouds.aws import metadata
 
@@ -26,4 +27,15 @@ def square_slowly(item: int | tuple[int, float]) -> tuple[int, str]:
     x, seconds = (item, 0.5) if isinstance(item, int) else item
     print(f"squaring {x}")
     time.sleep(seconds)
+    return x * x, instance_id()
+
+
+def square_when_released(item: tuple[int, str]) -> tuple[int, str]:
+    """``item`` is ``(x, gate)``: waits until the file ``gate`` exists (the test creates
+    it when it has seen what it needs), then returns x squared and where it ran."""
+    x, gate = item
+    print(f"squaring {x}")
+    deadline = time.monotonic() + 600  # a bound, so a broken test cannot hang a VM forever
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     return x * x, instance_id()

@@ -332,13 +332,18 @@ def test_instance_killed_mid_task_costs_a_retry_not_a_result(
 
 
 def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
-    cloud: DevCloud, deployment: mc.Deployment, tmp_path: Path
+    cloud: DevCloud, deployment: mc.Deployment, tmp_path: Path, vm_visible_dir: Path
 ) -> None:
     """The caller dies, then one of the map's two instances dies mid-task. The other
     takes the job back when that task returns to the queue (nobody else would), finishes
     the map, settles the job nobody watches (its record says how it went, its queues
-    are gone) and ends itself; a new caller gets every result."""
+    are gone) and ends itself; a new caller gets every result.
+
+    The tasks wait for a gate file, so "both instances hold a task" is a state the test
+    waits for, not a window it has to catch: one instance cannot finish the map alone
+    while the other is still booting."""
     job_id = f"killed-caller-{uuid.uuid4().hex[:8]}"
+    gate = vm_visible_dir / f"{job_id}.released"
     script = tmp_path / "caller.py"
     script.write_text(
         textwrap.dedent(
@@ -353,7 +358,7 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
                 additional_sys_paths=[{str(HERE.parent.parent)!r}], include_sys_path=False))
             print("submitting", flush=True)
             # One worker per instance (no type holds two), so the map uses two instances.
-            mc.run_map_sync(ec2_tasks.square_slowly, [(x, 3.0) for x in range(6)],
+            mc.run_map_sync(ec2_tasks.square_when_released, [(x, {str(gate)!r}) for x in range(6)],
                 host=AllocEC2Instance(region_name={REGION!r}, idle_timeout={IDLE_TIMEOUT}),
                 resources_per_task=mc.Resources(logical_cpu=96, memory_gb=370,
                                                 max_eviction_rate=0),
@@ -389,6 +394,7 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     victim, survivor = serving()
     cloud.kill(victim)  # dies holding a task: it comes back to the queue, with no caller
     _ec2().terminate_instances(InstanceIds=[victim])
+    gate.touch()  # the survivor finishes its task and then the rest of the map
 
     _wait(
         lambda: not _instances(),
