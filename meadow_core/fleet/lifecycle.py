@@ -29,8 +29,6 @@ from meadow_core.remote.relay import MachineRelay, background
 log = logging.getLogger("meadow.machine")
 
 HEARTBEAT_SECONDS = 5.0
-#: A machine that has not heartbeated for this long may have died holding tasks.
-SILENT_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 INTERRUPTION_POLL_SECONDS = 1.0
 
 
@@ -52,14 +50,6 @@ class RegistryServeSource:
 
     def take_one(self, job_id: str, spec: JobSpec) -> bool:
         return self.registry.try_allocate(self.machine_id, job_id, 1, booked_per_worker(spec))
-
-    def peers_silent(self, job_id: str) -> bool:
-        now = time.time()
-        return not any(
-            now - r.last_heartbeat < SILENT_AFTER_SECONDS
-            for r in self.registry.list()
-            if job_id in r.allocations and r.instance_id != self.machine_id
-        )
 
 
 class FleetMachine:
@@ -99,7 +89,7 @@ class FleetMachine:
                     return
                 await relay.reconcile()
                 idle = time.monotonic() - relay.last_busy
-                if not relay.busy and idle >= self.idle_timeout:
+                if not relay.busy and idle >= self.idle_timeout and not await relay.still_needed():
                     won = await relay.call(self.registry.mark_terminating_if_idle, self.machine_id)
                     if won:
                         log.info("idle for %.0fs: terminating %s", idle, self.machine_id)

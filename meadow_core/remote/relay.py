@@ -55,7 +55,8 @@ MAX_DELIVERIES = 5
 #: the idle timeout, if shorter) has no caller watching; the machine settles it, and
 #: checks again this often while other machines still run some of its tasks.
 SETTLE_GRACE_SECONDS = 30.0
-#: The longest an idle machine stays up for tasks held by silent machines.
+#: The longest an idle machine stays up for a job's tasks held by other machines: a
+#: dead machine's task is back in the queue within the visibility timeout, well inside it.
 HOLD_LIMIT_SECONDS = 3 * messages.TASK_VISIBILITY_SECONDS
 
 
@@ -67,8 +68,8 @@ class Settled(enum.StrEnum):
 
 class Stranded(enum.StrEnum):
     REJOINED = "rejoined"  # tasks wait in the queue: serving the job again
-    HOLDING = "holding"  # tasks are held by silent machines: they will come back
-    NO = "no"  # the machines running them are alive and finish them
+    HOLDING = "holding"  # tasks are held elsewhere: if their machine died, they come back
+    NO = "no"  # nothing is left for this machine to do
 
 
 class ServeSource(Protocol):
@@ -82,9 +83,6 @@ class ServeSource(Protocol):
 
     def take_one(self, job_id: str, spec: JobSpec) -> bool:
         """Allocate one worker of ``spec`` here again (tasks came back); False if not."""
-
-    def peers_silent(self, job_id: str) -> bool:
-        """No other machine serving the job has shown signs of life lately."""
 
 
 def background(coroutine: Coroutine[Any, Any, _T], what: str) -> asyncio.Task[_T]:
@@ -341,6 +339,7 @@ class MachineRelay:
         self.cancelled: set[str] = set()
         self.drained: dict[str, float] = {}  # job id -> when this machine left it
         self.holding: dict[str, float] = {}  # job id -> since when it keeps us up
+        self._settling = asyncio.Lock()  # the settler and the last look before ending
         self.interrupted = False
         self.last_busy = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=64)
@@ -394,11 +393,24 @@ class MachineRelay:
             with contextlib.suppress(Exception):
                 await self.call(self.serve.release, server.job_id)
 
-    async def settle_drained(self, now: float | None = None) -> None:
-        """Settle the jobs left here a grace period ago (all of them when ``now`` is
-        None: the machine is ending); a job still running elsewhere is checked again
-        after another grace period."""
-        grace = min(SETTLE_GRACE_SECONDS, self.idle_timeout / 2)
+    async def settle_drained(self, now: float | None = None, grace: float | None = None) -> None:
+        """Settle the jobs left here ``grace`` ago (all of them when ``now`` is None: the
+        machine is ending); a job still running elsewhere is checked again after another
+        grace period."""
+        async with self._settling:
+            await self._settle_drained(now, grace)
+
+    async def still_needed(self) -> bool:
+        """The last look before ending idle: a job left here whose tasks other machines
+        still hold keeps this machine up (bounded), since if such a machine died with no
+        caller watching, this one may be the only one left to run them again."""
+        before = self.last_busy
+        await self.settle_drained(time.monotonic(), grace=0)
+        return self.busy or self.last_busy != before
+
+    async def _settle_drained(self, now: float | None, grace: float | None) -> None:
+        if grace is None:
+            grace = min(SETTLE_GRACE_SECONDS, self.idle_timeout / 2)
         for job_id, since in list(self.drained.items()):
             if job_id in self.jobs:
                 del self.drained[job_id]  # served again: it ends here later, or elsewhere
@@ -425,10 +437,10 @@ class MachineRelay:
                 self.holding.pop(job_id, None)
 
     def _hold(self, job_id: str, holding: bool) -> None:
-        """Stay up (count as busy) while tasks of a job left here are held by silent
-        machines: they come back within the visibility timeout, and with no caller
-        this machine may be the only one left to run them. Bounded, in case the
-        queue's approximate counts lag."""
+        """Stay up (count as busy) while tasks of a job left here are held by other
+        machines: a dead machine's tasks come back within the visibility timeout, and
+        with no caller this machine may be the only one left to run them. Bounded: a live
+        machine with a long task costs this one at most ``HOLD_LIMIT_SECONDS`` of idling."""
         if not holding:
             self.holding.pop(job_id, None)
             return
@@ -474,17 +486,18 @@ class MachineRelay:
         that died comes back only after its visibility timeout. A live caller allocates
         for it again; when the caller is gone too, nobody would, and the job would read
         ``running`` forever. So: rejoin when tasks wait in the queue (one worker taken
-        here through the serve source), hold when tasks may be in flight and no machine
-        serving the job has shown signs of life lately (they will come back), else
-        nothing (the machines running them are alive and finish them)."""
+        here through the serve source), hold while tasks are in flight elsewhere (they
+        come back if their machine died), else nothing.
+
+        Whether the holder is dead cannot wait to be known: a heartbeat's silence takes
+        longer to show than a short idle timeout, and a machine that ended cannot rejoin.
+        """
         try:
             visible, in_flight = self.queue.depth(messages.job_queue(job_id))
         except QueueGone:
             return Stranded.NO
         if visible == 0:
-            if in_flight == 0:
-                return Stranded.NO
-            return Stranded.HOLDING if self.serve.peers_silent(job_id) else Stranded.NO
+            return Stranded.NO if in_flight == 0 else Stranded.HOLDING
         if not self.serve.take_one(job_id, outcomes.read_spec(self.store, job_id)):
             return Stranded.NO
         log.info("tasks of job %s came back to its queue: serving it again", job_id)

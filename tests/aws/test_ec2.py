@@ -10,6 +10,7 @@ every host must do (commands, reattach, cancel, ...) is in the host conformance 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -300,35 +301,60 @@ def test_spot_interruption_mid_map_still_delivers_every_result(
     _wait(lambda: interrupted[0] not in cloud.vms(), 30, "the interrupted instance to end")
 
 
+def _serving(job_id: str) -> list[str]:
+    """The instances whose registry record holds an allocation for the job."""
+    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
+    return [r.instance_id for r in registry.list() if job_id in r.allocations]
+
+
+def _in_flight(job_id: str) -> int:
+    """Tasks of the job some instance has taken from its queue and not yet answered."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    try:
+        url = sqs.get_queue_url(QueueName=names.job_queue_name(job_id))["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return 0
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _both_instances_busy(job_id: str) -> bool:
+    return len(_serving(job_id)) == 2 and _in_flight(job_id) == 2
+
+
 def test_instance_killed_mid_task_costs_a_retry_not_a_result(
-    cloud: DevCloud, deployment: mc.Deployment
+    cloud: DevCloud, deployment: mc.Deployment, vm_visible_dir: Path
 ) -> None:
+    """One of a map's two instances dies holding a task: the task runs again on the
+    other, and the caller gets every result once. The tasks wait for a gate file, so the
+    kill lands while both instances hold a task, however slowly the second one boots."""
     big = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
-
-    results: list[tuple[int, str]] = []
-    killed: list[str] = []
-
-    async def collect() -> None:
-        async for result in mc.run_map_as_completed(
-            ec2_tasks.square_slowly,
-            [(x, 3.0) for x in range(4)],
+    job_id = f"killed-mid-task-{uuid.uuid4().hex[:8]}"
+    gate = vm_visible_dir / f"{job_id}.released"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            mc.run_map_sync,
+            ec2_tasks.square_when_released,
+            [(x, str(gate)) for x in range(4)],
             host=_host(),
             resources_per_task=big,
             deployment=deployment,
             num_concurrent_tasks=2,
-        ):
-            results.append(result.result_or_raise())
-            if not killed:
-                # Another machine is mid-task now: it dies without a word to anyone.
-                others = [i for i in cloud.vms() if i != results[-1][1]]
-                if others:
-                    cloud.kill(others[0])
-                    _ec2().terminate_instances(InstanceIds=[others[0]])
-                    killed.append(others[0])
-
-    asyncio.run(collect())
+            job_id=job_id,
+        )
+        try:
+            _wait(lambda: _both_instances_busy(job_id), 150, "both tasks to start", cloud)
+            victim = _serving(job_id)[0]
+            cloud.kill(victim)  # it dies without a word to anyone
+            _ec2().terminate_instances(InstanceIds=[victim])
+        finally:
+            gate.touch()
+        results = running.result(timeout=300)
     assert sorted(value for value, _ in results) == [x * x for x in range(4)]
-    assert killed, "the test needs a second instance to kill"
+    # The victim died before the gate opened, so the task it held ran again elsewhere.
+    assert victim not in {instance for _, instance in results}
 
 
 def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
@@ -368,30 +394,16 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     )
     (tmp_path / "r.txt").write_text("six==1.16.0\n")
     caller = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
-    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
     sqs = boto3.client("sqs", region_name=REGION)
-
-    def serving() -> list[str]:
-        return [r.instance_id for r in registry.list() if job_id in r.allocations]
-
-    def in_flight() -> int:
-        try:
-            url = sqs.get_queue_url(QueueName=names.job_queue_name(job_id))["QueueUrl"]
-        except sqs.exceptions.QueueDoesNotExist:
-            return 0
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-        )["Attributes"]
-        return int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
     try:
         # Not "any instance exists": a warm one left by an earlier test would let the
         # caller die before it submitted anything. Wait for both instances to be busy.
-        _wait(lambda: len(serving()) == 2 and in_flight() == 2, 150, "both tasks to start", cloud)
+        _wait(lambda: _both_instances_busy(job_id), 150, "both tasks to start", cloud)
     finally:
         caller.send_signal(signal.SIGKILL)
         caller.wait()
-    victim, survivor = serving()
+    victim, survivor = _serving(job_id)
     cloud.kill(victim)  # dies holding a task: it comes back to the queue, with no caller
     _ec2().terminate_instances(InstanceIds=[victim])
     gate.touch()  # the survivor finishes its task and then the rest of the map
