@@ -534,30 +534,35 @@ def agent_stop_cmd(ctx: click.Context) -> None:
 
 
 def _add_cloud_commands() -> None:
-    """``meadow aws ...`` when boto3 is installed (plus what installed distributions
-    add under the ``meadow.aws_commands`` entry point, such as ``meadow aws devcloud``
-    from meadow-devcloud); otherwise a command that says how to get it."""
-    try:
-        from meadow_core.clouds.aws.cli import aws
-    except ImportError as exc:
-        missing = str(exc)
-
-        @cli.command("aws", context_settings={"ignore_unknown_options": True})
-        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-        def aws_missing(args: tuple[str, ...]) -> None:
-            """Meadow on AWS (needs `pip install meadow-core[aws]`)."""
-            raise click.ClickException(f"{missing}: install it with `pip install meadow-core[aws]`")
-
-        return
-    for entry in importlib.metadata.entry_points(group="meadow.aws_commands"):
+    """``meadow NAME ...`` for each cloud under the ``meadow.clouds`` entry point (``aws``
+    from this distribution), plus what installed distributions add to it under
+    ``meadow.NAME_commands`` (such as ``meadow aws devcloud`` from meadow-devcloud). A
+    cloud whose SDK is missing gets a command that says which extra to install."""
+    for cloud in importlib.metadata.entry_points(group="meadow.clouds"):
         try:
-            aws.add_command(entry.load(), entry.name)
-        except (ImportError, AttributeError) as exc:
-            # A stale or broken plugin must not take the `meadow` command down with it.
-            logging.getLogger("meadow.cli").warning(
-                "skipping `meadow aws %s` from %s: %s", entry.name, entry.value, exc
-            )
-    cli.add_command(aws)
+            group = cloud.load()
+        except ImportError as exc:
+            cli.add_command(_missing_cloud(cloud.name, str(exc)))
+            continue
+        for entry in importlib.metadata.entry_points(group=f"meadow.{cloud.name}_commands"):
+            try:
+                group.add_command(entry.load(), entry.name)
+            except (ImportError, AttributeError) as exc:
+                # A stale or broken plugin must not take the `meadow` command down with it.
+                logging.getLogger("meadow.cli").warning(
+                    "skipping `meadow %s %s` from %s: %s", cloud.name, entry.name, entry.value, exc
+                )
+        cli.add_command(group, cloud.name)
+
+
+def _missing_cloud(name: str, missing: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        raise click.ClickException(f"{missing}: install it with `pip install meadow-core[{name}]`")
+
+    command.help = f"Meadow on {name} (needs `pip install meadow-core[{name}]`)."
+    return command
 
 
 _add_cloud_commands()

@@ -130,3 +130,19 @@ def test_bad_durations_and_bracketed_text_get_plain_errors(meadow) -> None:  # t
     result = meadow("command", "--job-id", "x[/y]", "--", "true", check=1)
     assert "x[/y]" in result.stderr + result.stdout
     assert "MarkupError" not in result.stderr
+
+
+def test_a_cloud_whose_sdk_is_missing_says_which_extra_to_install() -> None:
+    """The CLI finds clouds through the ``meadow.clouds`` entry point; without boto3,
+    ``meadow aws ...`` still exists and names the extra instead of a traceback."""
+    blocked = "import sys; sys.modules['boto3'] = None; from meadow_core.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "aws", "ls"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "meadow-core[aws]" in result.stderr
+    assert "Traceback" not in result.stderr
+    listed = subprocess.run(
+        [sys.executable, "-c", blocked, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "aws" in listed.stdout
