@@ -108,8 +108,12 @@ def test_install_then_uninstall_leaves_the_account_as_it_was(aws_region: str) ->
     assert f"arn:aws:s3:::{bucket}/*" in resources
     assert all(r == "*" or account in r or bucket in r for r in resources), resources
     terminate = next(s for s in statements if "ec2:TerminateInstances" in s["Action"])
+    # Only Meadow's instances, and each only itself.
     assert terminate["Condition"] == {
-        "StringEquals": {f"aws:ResourceTag/{names.MANAGED_TAG_KEY}": "true"}
+        "StringEquals": {
+            f"aws:ResourceTag/{names.MANAGED_TAG_KEY}": "true",
+            "aws:ARN": "${ec2:SourceInstanceARN}",
+        }
     }
     wildcard = [s for s in statements if s["Resource"] == "*"]
     assert all(a.startswith("ec2:Describe") for s in wildcard for a in s["Action"])

@@ -130,13 +130,17 @@ def agent_policy(region_name: str, account: str) -> dict[str, Any]:
                 "Resource": [table, f"{table}/index/*"],
             },
             {
-                "Sid": "OwnInstances",
+                # An instance may end (and tag) only itself: a task that reads the
+                # role's credentials cannot terminate its neighbours. aws:ARN is the
+                # target's ARN, ec2:SourceInstanceARN the calling instance's.
+                "Sid": "ItselfOnly",
                 "Effect": "Allow",
                 "Action": ["ec2:TerminateInstances", "ec2:CreateTags"],
                 "Resource": f"arn:{arn}:ec2:{region_name}:{account}:instance/*",
                 "Condition": {
                     "StringEquals": {
-                        f"aws:ResourceTag/{names.MANAGED_TAG_KEY}": names.MANAGED_TAG_VALUE
+                        f"aws:ResourceTag/{names.MANAGED_TAG_KEY}": names.MANAGED_TAG_VALUE,
+                        "aws:ARN": "${ec2:SourceInstanceARN}",
                     }
                 },
             },
