@@ -41,3 +41,8 @@ class AgentUnavailableError(MeadowError):
 class UnsafeHomeError(MeadowError, PermissionError):
     """A Meadow home another user owns or may write: jobs planted there would run as
     its owner. The message says how to fix the folder or which home to use instead."""
+
+
+class CorruptDatabaseError(MeadowError):
+    """The home's queue database is damaged (a full disk mid-write, a bad copy, a
+    crash of the file system): the message names the file and how to start afresh."""

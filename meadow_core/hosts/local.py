@@ -298,7 +298,9 @@ class LocalHost(Host):
             command += ["--cpu", str(self.logical_cpu)]
         if self.memory_gb:
             command += ["--memory-gb", str(self.memory_gb)]
-        with open(self.place.agent_log_path, "ab") as agent_log:
+        # The owner's only, whatever the umask: tasks' output and errors end up here.
+        log_fd = os.open(self.place.agent_log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(log_fd, "ab") as agent_log:
             launcher = subprocess.run(
                 command,
                 stdin=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ concurrently, and makes "store the result and acknowledge the task" one transact
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sqlite3
@@ -16,8 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from meadow_core import protocol
+from meadow_core.errors import CorruptDatabaseError
 from meadow_core.protocol import JobRecord, JobSpec, TaskMessage, TaskOutcome
 from meadow_core.transport.base import JobQueue, ObjectStore, StoredObjectInfo
 
@@ -179,12 +182,42 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_CORRUPTION = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+def _names_corruption(
+    method: Callable[Concatenate[SqliteJobQueue, _P], _R],
+) -> Callable[Concatenate[SqliteJobQueue, _P], _R]:
+    """SQLite says "database disk image is malformed" and nothing else; a user needs
+    the file and the way out."""
+
+    def checked(self: SqliteJobQueue, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _CORRUPTION:
+                raise
+            raise CorruptDatabaseError(
+                f"Meadow's queue database {self.path} is damaged ({exc}). It holds this "
+                "home's jobs and small results; the jobs recorded in it are lost. Stop the "
+                f"agent (`meadow agent stop`), move the files away (`mv {self.path} "
+                f"{self.path}.damaged; rm -f {self.path}-wal {self.path}-shm`) and run "
+                "again: a new, empty database is created."
+            ) from exc
+
+    functools.update_wrapper(checked, method)
+    return checked
+
+
 class SqliteJobQueue(JobQueue):
     """Jobs, tasks and results in one SQLite file shared by callers and the agent.
 
     One connection per thread (sqlite3 connections are not shared across threads).
     """
 
+    @_names_corruption
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +253,7 @@ class SqliteJobQueue(JobQueue):
 
     # -- caller side -------------------------------------------------------------
 
+    @_names_corruption
     def submit(self, spec: JobSpec, tasks: Sequence[TaskMessage]) -> bool:
         with self._transaction() as db:
             try:
@@ -244,12 +278,14 @@ class SqliteJobQueue(JobQueue):
             )
         return True
 
+    @_names_corruption
     def get_spec(self, job_id: str) -> JobSpec | None:
         row = self._db().execute("SELECT spec FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return JobSpec.from_wire(protocol.unpack(row[0])) if row else None
 
     _JOB_COLUMNS = "job_id, kind, name, state, num_tasks, num_done, num_failed, created, finished"
 
+    @_names_corruption
     def get_job(self, job_id: str) -> JobRecord | None:
         row = (
             self._db()
@@ -258,12 +294,14 @@ class SqliteJobQueue(JobQueue):
         )
         return JobRecord(*row) if row else None
 
+    @_names_corruption
     def list_jobs(self, limit: int = 50) -> list[JobRecord]:
         rows = self._db().execute(
             f"SELECT {self._JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
         )
         return [JobRecord(*row) for row in rows]
 
+    @_names_corruption
     def results(self, job_id: str, final_only: bool = True) -> list[TaskOutcome]:
         query = "SELECT record FROM results WHERE job_id=?"
         if final_only:
@@ -271,6 +309,7 @@ class SqliteJobQueue(JobQueue):
         rows = self._db().execute(query + " ORDER BY task_id, attempt", (job_id,))
         return [TaskOutcome.from_wire(protocol.unpack(r[0])) for r in rows]
 
+    @_names_corruption
     def request_cancel(self, job_id: str) -> bool:
         with self._transaction() as db:
             cursor = db.execute(
@@ -283,21 +322,25 @@ class SqliteJobQueue(JobQueue):
 
     # -- agent side --------------------------------------------------------------
 
+    @_names_corruption
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database without blocking writers."""
         self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    @_names_corruption
     def reset_claims(self) -> int:
         """Return tasks claimed by a previous agent that died to the queue."""
         with self._transaction() as db:
             return db.execute("UPDATE tasks SET claimed=0 WHERE claimed=1").rowcount
 
+    @_names_corruption
     def jobs_with_queued_tasks(self) -> list[str]:
         rows = self._db().execute(
             "SELECT job_id FROM tasks WHERE claimed=0 GROUP BY job_id ORDER BY MIN(seq)"
         )
         return [r[0] for r in rows]
 
+    @_names_corruption
     def cancel_requested_jobs(self) -> list[str]:
         rows = self._db().execute(
             "SELECT job_id FROM jobs WHERE cancel_requested=1 AND state IN (?, ?)",
@@ -305,6 +348,7 @@ class SqliteJobQueue(JobQueue):
         )
         return [r[0] for r in rows]
 
+    @_names_corruption
     def claim(self, job_id: str, limit: int) -> list[TaskMessage]:
         with self._transaction() as db:
             rows = db.execute(
@@ -320,6 +364,7 @@ class SqliteJobQueue(JobQueue):
         rows.sort()
         return [TaskMessage.from_wire(protocol.unpack(r[1])) for r in rows]
 
+    @_names_corruption
     def unclaim(self, messages: Sequence[TaskMessage]) -> None:
         """Hand claimed but unstarted tasks back (agent shutting down)."""
         with self._transaction() as db:
@@ -328,6 +373,7 @@ class SqliteJobQueue(JobQueue):
                 ((m.job_id, m.task_id) for m in messages),
             )
 
+    @_names_corruption
     def complete(
         self, outcomes: Sequence[TaskOutcome], retries: Sequence[TaskMessage] = ()
     ) -> list[str]:
@@ -387,12 +433,14 @@ class SqliteJobQueue(JobQueue):
                     finished.append(job_id)
         return finished
 
+    @_names_corruption
     def unclaimed_tasks(self, job_id: str) -> list[TaskMessage]:
         rows = self._db().execute(
             "SELECT message FROM tasks WHERE job_id=? AND claimed=0 ORDER BY seq", (job_id,)
         )
         return [TaskMessage.from_wire(protocol.unpack(r[0])) for r in rows]
 
+    @_names_corruption
     def has_work(self) -> bool:
         """Anything queued, claimed, or waiting to be cancelled."""
         db = self._db()
@@ -400,6 +448,7 @@ class SqliteJobQueue(JobQueue):
             return True
         return bool(self.cancel_requested_jobs())
 
+    @_names_corruption
     def payload_keys_of_unfinished_jobs(self) -> frozenset[str]:
         """Function and argument objects that queued or running jobs still need."""
         keys: set[str] = set()
@@ -410,6 +459,7 @@ class SqliteJobQueue(JobQueue):
             )
         return frozenset(keys)
 
+    @_names_corruption
     def prune(self, older_than_seconds: float) -> list[str]:
         """Forget jobs that finished more than ``older_than_seconds`` ago; return their ids."""
         cutoff = time.time() - older_than_seconds

@@ -21,6 +21,7 @@ from meadow_core import (
     run_command_sync,
     run_function_sync,
 )
+from meadow_core.errors import CorruptDatabaseError
 from meadow_core.protocol import ErrorKind
 
 
@@ -109,3 +110,23 @@ def test_a_full_disk_answers_the_caller_and_heals_when_space_returns(small_disk:
         assert all(job.state in ("succeeded", "failed") for job in list_jobs_sync(host))
     finally:
         host.shutdown()
+
+
+def test_a_damaged_database_names_the_file_and_the_way_out(host: LocalHost) -> None:
+    """A home's meadow.db overwritten by garbage (a bad copy, a file system crash): the
+    caller gets an error naming the file and the commands to start afresh, not SQLite's
+    bare "file is not a database"; following them works."""
+    assert run_function_sync(forty_two, host) == 42
+    host.shutdown()
+    database = host.place.home / "meadow.db"
+    for leftover in ("meadow.db-wal", "meadow.db-shm"):
+        (host.place.home / leftover).unlink(missing_ok=True)
+    database.write_bytes(b"\xff" * database.stat().st_size)  # SQLite no longer knows it
+    with pytest.raises(CorruptDatabaseError) as error:
+        run_function_sync(forty_two, LocalHost(home=host.place.home, idle_timeout=30))
+    message = str(error.value)
+    assert str(database) in message and "meadow agent stop" in message
+    database.rename(database.with_suffix(".db.damaged"))
+    for leftover in ("meadow.db-wal", "meadow.db-shm"):
+        (host.place.home / leftover).unlink(missing_ok=True)
+    assert run_function_sync(forty_two, LocalHost(home=host.place.home, idle_timeout=30)) == 42

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,18 @@ def test_a_new_home_and_its_database_are_private_whatever_the_umask(tmp_path: Pa
         os.umask(old)
     assert stat.S_IMODE(place.home.stat().st_mode) == 0o700
     assert stat.S_IMODE((place.home / "meadow.db").stat().st_mode) == 0o600
+
+
+def test_the_agent_log_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Tasks' output and errors reach agent.log: under umask 000 it must still be the
+    owner's only (the home is 0700 too, but a file copied out keeps its mode)."""
+    home = tmp_path / "home"
+    script = (
+        "import os, sys; os.umask(0)\n"
+        "from meadow_core import LocalHost, run_command_sync\n"
+        f"host = LocalHost(home={str(home)!r}, idle_timeout=30)\n"
+        "run_command_sync(['true'], host); host.shutdown()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert stat.S_IMODE((home / "agent.log").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "meadow.db").stat().st_mode) == 0o600
