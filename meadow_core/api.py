@@ -13,9 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
+import io
 import pickle
 import re
 import shlex
+import tempfile
 import traceback
 import uuid
 from collections.abc import (
@@ -28,7 +30,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, BinaryIO, Literal, TypeVar, overload
 
 from meadow_core import keys, pickling, protocol
 from meadow_core._portal import portal
@@ -236,6 +238,28 @@ async def _submit(
 # -- turning outcomes into results -------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _stored_file(host: Host, key: str) -> AsyncIterator[BinaryIO]:
+    """A large result's pickle as a file to unpickle from: the store's own file when it
+    is on this machine, else a streamed download. Never a bytes copy beside the value, so
+    a 2 GB result costs the caller one copy of it."""
+    try:
+        store = host.object_store()
+    except NotImplementedError:  # a host without a store of its own: its bytes, then
+        yield io.BytesIO(await host.read_object(key))
+        return
+    local = store.local_path(key)
+    if local is not None:
+        with open(local, "rb") as pickled:
+            yield pickled
+        return
+    with tempfile.TemporaryDirectory(prefix="meadow-result-") as folder:
+        target = Path(folder) / "value"
+        await asyncio.to_thread(store.download, key, target)
+        with open(target, "rb") as pickled:
+            yield pickled
+
+
 async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
     log_location = host.object_location(outcome.log_key) if outcome.log_key else None
     common: dict[str, Any] = {
@@ -249,11 +273,16 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
     if outcome.outcome == protocol.SUCCEEDED:
         if outcome.return_code is not None and outcome.value is None and outcome.value_key is None:
             return TaskResult(is_success=True, result=None, exception=None, **common)
-        data = outcome.value
-        if data is None and outcome.value_key is not None:
-            data = await host.read_object(outcome.value_key)
         try:
-            value = pickle.loads(data) if data is not None else None
+            if outcome.value is not None:
+                value = pickle.loads(outcome.value)
+            elif outcome.value_key is not None:
+                async with _stored_file(host, outcome.value_key) as pickled:
+                    value = await asyncio.to_thread(pickle.load, pickled)
+            else:
+                value = None
+        except OSError:
+            raise  # reading the store failed: not the result's fault
         except Exception as exc:
             return TaskResult(
                 is_success=False,

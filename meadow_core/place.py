@@ -82,6 +82,11 @@ class LocalPlace:
     def scratch_dir(self) -> Path:
         return self.home / "scratch"
 
+    @property
+    def spill_dir(self) -> Path:
+        """Where workers pickle large results for the agent to adopt into the store."""
+        return self.scratch_dir / "results"
+
 
 def make_private_home(home: Path) -> None:
     """Create ``home`` readable and writable by its owner only (whatever the umask), or

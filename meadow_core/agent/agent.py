@@ -15,9 +15,11 @@ import dataclasses
 import itertools
 import logging
 import os
+import shutil
 import signal
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 from typing import Any
 
 from meadow_core import _runtime, keys, protocol, retries
@@ -164,6 +166,9 @@ class Agent:
 
     async def serve(self) -> None:
         self._prune()
+        # Results a previous agent's workers were writing when it died: nobody adopts them.
+        shutil.rmtree(self.place.spill_dir, ignore_errors=True)
+        self.place.spill_dir.mkdir(parents=True, exist_ok=True)
         recovered = self.queue.reset_claims()
         if recovered:
             log.info("returned %d tasks claimed by a previous agent to the queue", recovered)
@@ -208,6 +213,7 @@ class Agent:
                 self.queue.unclaim(list(buffer))
         self.buffers.clear()
         await asyncio.gather(*(w.stop(grace=1) for w in list(self.all_workers)))
+        shutil.rmtree(self.place.spill_dir, ignore_errors=True)  # no worker writes there now
         for client in list(self.clients):
             client.writer.close()
 
@@ -496,7 +502,9 @@ class Agent:
                 return worker
             self.all_workers.discard(worker)
         runnable = await self._with_code(environment)
-        worker = await Worker.start(runnable, str(self.place.scratch_dir))
+        worker = await Worker.start(
+            runnable, str(self.place.scratch_dir), str(self.place.spill_dir)
+        )
         worker.environment = environment  # pooled under the job's own environment key
         self.all_workers.add(worker)
         return worker
@@ -675,14 +683,23 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(running.output_done.wait(), timeout=5)
             tasks.popleft()
+            spilled = self._spilled(reply.get("value_file"))
             if running.kill_reason is not None:
+                if spilled is not None:
+                    spilled.unlink(missing_ok=True)
                 self._complete(
                     running, running.kill_reason[0], error=[*running.kill_reason[1:], ""]
                 )
             elif "error" in reply:
                 self._complete(running, protocol.FAILED, error=reply["error"])
+            elif "value_file" in reply and spilled is None:
+                self._fail_in_agent(
+                    running, f"the worker named {reply['value_file']!r} as its result file"
+                )
             else:
-                self._complete(running, protocol.SUCCEEDED, value=reply["value"])
+                self._complete(
+                    running, protocol.SUCCEEDED, value=reply.get("value"), value_file=spilled
+                )
             if tasks:
                 self._promote(worker, tasks[0])
                 self._maybe_queue_next(worker)
@@ -758,6 +775,17 @@ class Agent:
                 return_code=returncode,
             )
 
+    def _spilled(self, reported: object) -> Path | None:
+        """The result file a worker names, if it is one of the spill folder's (None
+        otherwise): a task's code runs in that worker, and must not get any other file
+        adopted as its result."""
+        if not isinstance(reported, str):
+            return None
+        path = Path(reported)
+        if path.parent != self.place.spill_dir or not path.name.startswith("result-"):
+            return None
+        return path
+
     def _complete_crash(self, running: _Running, how: str) -> None:
         if running.kill_reason is not None:
             outcome, kind, text = running.kill_reason
@@ -775,9 +803,11 @@ class Agent:
         outcome: str,
         *,
         value: bytes | None = None,
+        value_file: Path | None = None,
         error: list[str] | None = None,
         return_code: int | None = None,
     ) -> None:
+        """``value_file``: a large result the worker pickled into the spill folder."""
         message = running.message
         key = (message.job_id, message.task_id)
         if self.running.pop(key, None) is None:
@@ -797,13 +827,20 @@ class Agent:
             max_memory_gb=running.peak_memory_gb or None,
             started=running.started,
         )
-        if value is not None:
-            if len(value) > protocol.INLINE_LIMIT:
+        if value is not None or value_file is not None:
+            if value is None or len(value) > protocol.INLINE_LIMIT:
                 value_key = keys.value_key(message.job_id, message.task_id, message.attempt)
                 try:
-                    self.store.put(value_key, value)
+                    if value_file is not None:
+                        self.store.adopt(value_key, value_file)
+                    else:
+                        assert value is not None
+                        self.store.put(value_key, value)
                     result.value_key = value_key
                 except OSError as exc:
+                    if value_file is not None:
+                        with contextlib.suppress(OSError):
+                            value_file.unlink()
                     # A full or read-only store: the task's value is lost, say where.
                     result.outcome = protocol.FAILED
                     result.error = [

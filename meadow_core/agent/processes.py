@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 
 from meadow_core import protocol
-from meadow_core.agent.worker import END_MARKER, WORKER_TOKEN_VARIABLE
+from meadow_core.agent.worker import END_MARKER, SPILL_DIR_VARIABLE, WORKER_TOKEN_VARIABLE
 from meadow_core.protocol import Environment, TaskMessage
 from meadow_core.task_context import (
     ATTEMPT_VARIABLE,
@@ -342,9 +342,16 @@ class Worker:
         return self.container_pid if self.container_pid is not None else self.process.pid
 
     @classmethod
-    async def start(cls, environment: Environment, scratch: str) -> Worker:
+    async def start(
+        cls, environment: Environment, scratch: str, spill_dir: str | None = None
+    ) -> Worker:
+        """``spill_dir``: where the worker pickles large results (see ``worker.py``);
+        not for containers, whose user may not write the agent's folders."""
         if environment.container_image is not None:
             return await cls._start_in_container(environment, scratch)
+        env = process_environment(environment)
+        if spill_dir is not None:
+            env[SPILL_DIR_VARIABLE] = spill_dir
         agent_end, worker_end = socket.socketpair()
         try:
             cwd = environment.working_directory
@@ -360,7 +367,7 @@ class Worker:
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(worker_end.fileno(),),
                 cwd=cwd,
-                env=process_environment(environment),
+                env=env,
                 start_new_session=True,  # so a task's children can be killed with it
             )
         finally:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import io
 import os
 import pickle
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -33,6 +35,9 @@ END_MARKER = b"\x1eMEADOW-END "
 #: A container worker proves with this value (from its environment) that it is the
 #: worker the agent started, not another local user who found the agent's socket.
 WORKER_TOKEN_VARIABLE = "MEADOW_WORKER_TOKEN"
+#: A folder the agent adopts result files from (beside its store, so adopting is a
+#: rename): a large result is pickled straight into a file there, never sent as a frame.
+SPILL_DIR_VARIABLE = "MEADOW_SPILL_DIR"
 _FUNCTION_CACHE_SIZE = 32
 
 
@@ -188,10 +193,20 @@ class _Worker:
         except BaseException as exc:  # the user's code may raise anything, even SystemExit
             reply["error"] = describe_exception(exc)
             return reply
+        spill = _SpillingWriter(os.environ.get(SPILL_DIR_VARIABLE))
         try:
-            reply["value"] = cloudpickle.dumps(value)
+            cloudpickle.dump(value, spill)
+            reply.update(spill.finish())
         except BaseException as exc:
+            spill.discard()
             name, message_text, tb = describe_exception(exc)
+            if spill.write_error is not None:  # a full disk, not an unpicklable value
+                reply["error"] = [
+                    protocol.ErrorKind.AGENT_ERROR,
+                    f"could not store the task's result at {spill.path}: {spill.write_error}",
+                    tb,
+                ]
+                return reply
             reply["error"] = [
                 protocol.ErrorKind.RESULT_NOT_PICKLABLE,
                 f"the task's return value of type {type(value).__qualname__} could not be "
@@ -226,6 +241,59 @@ class _Worker:
             # The end marker goes through the same pipe as the task's output, after it.
             os.write(1, END_MARKER + str(message["token"]).encode() + b"\n")
             self.send(reply)
+
+
+class _SpillingWriter:
+    """Where a result is pickled: memory up to the inline limit, then a file in the
+    spill folder, written as the pickler goes. A 2 GB result costs the value plus a
+    pickle frame, not the value plus its pickled copy, and never meets the socket's
+    32-bit frame length. Without a spill folder (a container) everything stays in memory.
+    """
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = folder
+        self.buffer = io.BytesIO()
+        self.file: io.BufferedWriter | None = None
+        self.path: str | None = None
+        self.write_error: OSError | None = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.file is None:
+            size = memoryview(data).nbytes
+            if self.folder is None or self.buffer.tell() + size <= protocol.INLINE_LIMIT:
+                return self.buffer.write(data)
+            try:
+                fd, self.path = tempfile.mkstemp(dir=self.folder, prefix="result-")
+                self.file = os.fdopen(fd, "wb")
+                self.file.write(self.buffer.getbuffer())
+            except OSError as exc:
+                self.write_error = exc
+                raise
+            self.buffer = io.BytesIO()
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.write_error = exc
+            raise
+
+    def finish(self) -> dict[str, Any]:
+        """The reply's part: ``value`` (bytes) or ``value_file`` (a path to adopt)."""
+        if self.file is None:
+            return {"value": self.buffer.getvalue()}
+        try:
+            self.file.close()  # flushes: the disk may fill here too
+        except OSError as exc:
+            self.write_error = exc
+            raise
+        return {"value_file": self.path}
+
+    def discard(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def _exit_when_stdin_closes() -> None:

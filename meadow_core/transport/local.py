@@ -8,6 +8,7 @@ concurrently, and makes "store the result and acknowledge the task" one transact
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
@@ -64,6 +65,19 @@ class LocalObjectStore(ObjectStore):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def adopt(self, key: str, path: Path) -> None:
+        """Move the file ``path`` into the store as ``key`` (a rename on the same file
+        system, a streamed copy otherwise): a large result is never read into memory."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self.put_file(key, path)
+            os.unlink(path)
 
     def put_file(self, key: str, path: Path) -> None:
         def fill(tmp: Path) -> None:
