@@ -78,7 +78,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-# ---- the machine's Debian mirror ------------------------------------------------------
+# ---- the machine's Debian mirror -----------------------------------------------------
 
 
 def apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
@@ -133,7 +133,7 @@ def _one_line_mirror(text: str) -> str | None:
     return None
 
 
-# ---- packages -------------------------------------------------------------------------
+# ---- packages ------------------------------------------------------------------------
 
 
 def _installed(package: str) -> bool:
@@ -158,16 +158,14 @@ def apt_install(extra: Iterable[str] = ()) -> None:
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
 
     def run(command: list[str]) -> bool:
-        return (
-            subprocess.run(command, stdout=sys.stderr, stdin=subprocess.DEVNULL, env=env).returncode
-            == 0
-        )
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env)
+        return done.returncode == 0
 
     if not (run(install) or (run(["apt-get", "update", "-q"]) and run(install))):
         raise StackError(f"apt-get install {' '.join(missing)} failed")
 
 
-# ---- processes up started (pid + start time, so a reused pid is never killed) ----------
+# ---- the daemons `up` started (pid + start time: a reused pid is never killed) -------
 
 
 def _save(name: str, pid: int) -> None:
@@ -193,7 +191,8 @@ def _stop(name: str, timeout: float) -> bool:
     entry = _ours(name)
     if entry is None:
         return False
-    os.kill(entry["pid"], signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(entry["pid"], signal.SIGTERM)
     if not _wait(lambda: same_process(entry) is None, timeout, 0.1):
         with contextlib.suppress(ProcessLookupError):
             os.kill(entry["pid"], signal.SIGKILL)
@@ -225,7 +224,7 @@ def _wait(condition: Callable[[], bool], timeout: float, interval: float) -> boo
         time.sleep(interval)
 
 
-# ---- dockerd ----------------------------------------------------------------------------
+# ---- dockerd -------------------------------------------------------------------------
 
 
 def docker_answers() -> bool:
@@ -254,7 +253,7 @@ def ensure_dockerd() -> None:
         raise StackError(f"dockerd (pid {pid}) did not answer within 30 s (see {logfile})")
 
 
-# ---- the base image -------------------------------------------------------------------
+# ---- the base image ------------------------------------------------------------------
 
 
 def _rootfs_tarball() -> Path:
@@ -315,7 +314,7 @@ def ensure_base_image() -> None:
         raise StackError(f"docker import failed: {imported.stderr.strip()}")
 
 
-# ---- the registry -----------------------------------------------------------------------
+# ---- the registry --------------------------------------------------------------------
 
 
 def registry_answers() -> bool:
@@ -356,7 +355,7 @@ def ensure_registry() -> None:
         raise StackError(f"docker-registry did not answer on {REGISTRY}:\n{_tail(logfile)}")
 
 
-# ---- up / down --------------------------------------------------------------------------
+# ---- up / down -----------------------------------------------------------------------
 
 
 def up(extra_packages: Iterable[str] = ()) -> dict[str, str]:
