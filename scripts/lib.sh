@@ -82,19 +82,3 @@ ensure_nox() {
     make_venv "$ROOT/.venvs/nox"
     (cd "$ROOT" && uv pip install --quiet --python .venvs/nox/bin/python --group pyproject.toml:nox)
 }
-
-# apt_ensure PKG...: install the Debian packages whose commands are missing
-# (one apt-get call; `apt-get update` only if the first try fails).
-apt_ensure() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$pkg")
-    done
-    ((${#missing[@]} == 0)) && return 0
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}" >&2 \
-        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
-}

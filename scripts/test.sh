@@ -14,8 +14,6 @@
 # is "N passed, M failed" summed over all pytest runs.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=stack_docker.sh
-source "$(dirname "${BASH_SOURCE[0]}")/stack_docker.sh"
 
 ALL_PARTS=(lint core airflow prefect dagster)
 ADAPTERS=(airflow prefect dagster)
@@ -37,7 +35,7 @@ cleanup() {
     fi
     if ((SERVICES_STARTED)); then
         printf '\n==> services down\n'
-        docker_stack_down || true
+        "$ROOT/.venv/bin/python" -m meadow_devcloud.docker_stack down || true
     fi
     rm -rf "$TMP"
 }
@@ -145,15 +143,14 @@ adapter_chain() {
 if selected core; then
     # The daemons the core suite runs against (docker daemon, base image, registry;
     # moto and the VM simulator are started by the tests themselves), stopped again by
-    # the EXIT trap. In this shell, not a step's subshell: the variables
-    # docker_stack_up exports (registry, base image, apt mirror) must reach pytest.
+    # the EXIT trap, plus the packages its other tests need (sshd, ip). Exported in this
+    # shell, not a step's subshell: the variables `up` prints (registry, base image,
+    # apt mirror) must reach pytest.
     SERVICES_STARTED=1
     printf '\n==> services up\n'
-    t0=$EPOCHREALTIME
-    set +e
-    (set -e; apt_ensure openssh-server socat iproute2) && docker_stack_up
-    rc=$?
-    set -e
+    t0=$EPOCHREALTIME rc=0
+    exports="$("$ROOT/.venv/bin/python" -m meadow_devcloud.docker_stack up \
+        --apt openssh-server socat iproute2)" && eval "$exports" || rc=$?
     record "services up" "$rc" "$(seconds_since "$t0")"
 fi
 CHAIN=()

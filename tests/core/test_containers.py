@@ -1,8 +1,9 @@
 """Jobs in container images on LocalHost, against a real dockerd and docker-registry.
 
-Needs the stack of ``scripts/stack_docker.sh up`` (dockerd, the debootstrap base image
-``MEADOW_TEST_BASE_IMAGE``, a registry at ``MEADOW_TEST_REGISTRY``). Without it the
-module is skipped, except under ``CI=true``, where a missing service is a failure.
+Needs the stack of ``python -m meadow_devcloud.docker_stack up`` (dockerd, the
+debootstrap base image ``MEADOW_TEST_BASE_IMAGE``, a registry at
+``MEADOW_TEST_REGISTRY``), which ``scripts/test.sh`` starts. Without it the module is
+skipped, except under ``CI=true``, where a missing service is a failure.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def docker_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = _unavailable()
     if reason is not None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI runs `bash scripts/stack_docker.sh up` first")
-        pytest.skip(f"{reason}; run `bash scripts/stack_docker.sh up`")
+            pytest.fail(f"{reason}; CI runs `python -m meadow_devcloud.docker_stack up` first")
+        pytest.skip(f'{reason}; as root: eval "$(python -m meadow_devcloud.docker_stack up)"')
     import docker
 
     client = docker.from_env()
