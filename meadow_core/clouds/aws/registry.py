@@ -226,10 +226,14 @@ class DynamoRegistry(InstanceRegistry, JobTable):
 
     def register(self, record: InstanceRecord) -> bool:
         """Add a newly launched instance; False if one with this id is registered."""
+        return self._put_if_absent(record_to_item(record))
+
+    def _put_if_absent(self, item: dict[str, Any]) -> bool:
+        """One conditional write: False if an item with this key exists."""
         try:
             self.client.put_item(
                 TableName=self.table_name,
-                Item=record_to_item(record),
+                Item=item,
                 ConditionExpression="attribute_not_exists(#sk)",
                 ExpressionAttributeNames={"#sk": "sk"},
             )
@@ -411,18 +415,7 @@ class DynamoRegistry(InstanceRegistry, JobTable):
         """Create a job record; False if the id exists (deterministic ids reattach)."""
         data = {**fields, "pk": KIND_JOB, "sk": job_id}
         data.setdefault("created", time.time())
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=_item(data),
-                ConditionExpression="attribute_not_exists(#sk)",
-                ExpressionAttributeNames={"#sk": "sk"},
-            )
-        except botocore.exceptions.ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return self._put_if_absent(_item(data))
 
     @staticmethod
     def _job(item: Mapping[str, Any]) -> dict[str, Any]:
