@@ -27,11 +27,12 @@ import pytest
 from meadow_devcloud.ec2 import DevCloud
 
 import meadow_core as mc
-from meadow_core.clouds.aws import admin, names, session
+from meadow_core.clouds.aws import names, session
 from meadow_core.clouds.aws.host import AllocEC2Instance
 from meadow_core.clouds.aws.registry import DynamoRegistry
 from meadow_core.errors import UnsatisfiableResourcesError
 from tests.aws import ec2_tasks
+from tests.devcloud_install import meadow_installed
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -49,19 +50,11 @@ IDLE_TIMEOUT = 12.0
 @pytest.fixture(scope="module")
 def cloud(devcloud: DevCloud, moto_server: Any) -> Iterator[DevCloud]:
     """A freshly reset dev cloud with Meadow installed, the env pointing at it."""
-    moto_server.reset()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-            patch.delenv(name, raising=False)
-        for name, value in {**devcloud.env, "MEADOW_AWS_CATALOG": "snapshot"}.items():
-            patch.setenv(name, value)
-        session.reset()
-        admin.install(REGION)
+    with meadow_installed(devcloud, moto_server, REGION):
         try:
             yield devcloud
         finally:
             _terminate_all()
-            session.reset()
 
 
 def _ec2() -> Any:

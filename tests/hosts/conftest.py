@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from meadow_devcloud.ec2 import DevCloud
 
-from meadow_core.clouds.aws import admin, session
+from meadow_core.clouds.aws import admin
+from tests.devcloud_install import meadow_installed
 from tests.hosts.harness import (
     Ec2DevCloudUnderTest,
     HostUnderTest,
@@ -54,14 +55,7 @@ def ec2_devcloud_host(
     devcloud: DevCloud, moto_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Ec2DevCloudUnderTest]:
     """The session's dev cloud, reset, with Meadow installed and boto3 pointed at it."""
-    moto_server.reset()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-            patch.delenv(name, raising=False)
-        for name, value in {**devcloud.env, "MEADOW_AWS_CATALOG": "snapshot"}.items():
-            patch.setenv(name, value)
-        session.reset()
-        admin.install(EC2_REGION)
+    with meadow_installed(devcloud, moto_server, EC2_REGION):
         requirements = tmp_path_factory.mktemp("ec2-reqs") / "requirements.txt"
         requirements.write_text(f"{REQUIREMENT}\n")
         under_test = Ec2DevCloudUnderTest(
@@ -72,4 +66,3 @@ def ec2_devcloud_host(
             under_test.close()
         finally:
             admin.uninstall(EC2_REGION)
-            session.reset()
