@@ -43,7 +43,17 @@ def execute_step(payload: StepPayload) -> str:
     load_data: Any = (
         deserialize_value(payload.repository_load_data) if payload.repository_load_data else None
     )
-    recon_job = recon_job_from_origin(origin)
+    # The run may be a subset (op or asset selection): load that subset, as
+    # ``dagster api execute_step`` does, or config valid for it would be rejected.
+    recon_job = (
+        recon_job_from_origin(origin)
+        .with_repository_load_data(load_data)
+        .get_subset(
+            op_selection=dagster_run.resolved_op_selection,
+            asset_selection=dagster_run.asset_selection,
+            asset_check_selection=dagster_run.asset_check_selection,
+        )
+    )
     instance = _throwaway_instance()
     run_id = dagster_run.run_id
     try:

@@ -1,0 +1,260 @@
+"""Contracts Dagster's own executors keep, checked against ``meadow_executor``.
+
+Dagster 1.13's tests of its multiprocess and step-delegating executors
+(``engine_tests/``, ``test_retries.py``, ``test_interrupt.py``) are the specification:
+op selection, interruption, tag concurrency limits, the checks before a run, and
+events that reach the run while a step still runs. Each test runs a real job on the
+session's isolated Meadow agent and looks at what a Dagster user would see.
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster_jobs as jobs
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    execute_job,
+    reconstructable,
+)
+from dagster._core.errors import DagsterUnmetExecutorRequirementsError
+from dagster._core.events.log import EventLogEntry
+
+
+def _config(work_dir: Path, **executor: Any) -> dict[str, Any]:
+    env = {"MEADOW_DAGSTER_TEST_DIR": str(work_dir)}
+    return {"execution": {"config": {"environment_variables": env, **executor}}}
+
+
+def _logs(instance: DagsterInstance, run_id: str) -> list[EventLogEntry]:
+    return list(instance.all_logs(run_id))
+
+
+def _events(instance: DagsterInstance, run_id: str, kind: DagsterEventType) -> list[EventLogEntry]:
+    return [e for e in _logs(instance, run_id) if e.dagster_event_type == kind]
+
+
+def _wait_for(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path.name} never appeared"
+
+
+def _reset(work_dir: Path, *names: str) -> None:
+    for name in names:
+        for suffix in ("started", "go"):
+            (work_dir / f"{name}-{suffix}").unlink(missing_ok=True)
+
+
+# -- op selection --------------------------------------------------------------------------
+
+
+def test_op_selection_runs_only_the_subset_with_its_own_config(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    config = _config(work_dir)
+    config["ops"] = {"scaled": {"config": {"factor": 3}}}  # nothing for "labelled"
+    with execute_job(
+        reconstructable(jobs.selectable_job),
+        instance=instance,
+        run_config=config,
+        op_selection=["scaled"],
+    ) as result:
+        assert result.success
+        assert result.output_for_node("scaled") == 21
+        run_id = result.run_id
+    steps = {e.step_key for e in _events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
+    assert steps == {"scaled"}
+
+
+# -- interruption --------------------------------------------------------------------------
+
+
+def test_interrupted_run_fails_every_step_in_flight(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    _reset(work_dir, "waits_a", "waits_b")
+
+    def interrupt_when_both_run() -> None:
+        _wait_for(work_dir / "waits_a-started")
+        _wait_for(work_dir / "waits_b-started")
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C or the run worker's SIGTERM does
+
+    thread = threading.Thread(target=interrupt_when_both_run)
+    thread.start()
+    try:
+        with execute_job(
+            reconstructable(jobs.two_waiting_job),
+            instance=instance,
+            run_config=_config(work_dir),
+            raise_on_error=False,
+        ) as result:
+            assert not result.success
+            run_id = result.run_id
+    finally:
+        thread.join(timeout=90)
+        for name in ("waits_a", "waits_b"):
+            (work_dir / f"{name}-go").write_text("")
+    failures = _events(instance, run_id, DagsterEventType.STEP_FAILURE)
+    assert sorted(str(f.step_key) for f in failures) == ["waits_a", "waits_b"]
+    for failure in failures:
+        assert failure.dagster_event is not None
+        error = failure.dagster_event.step_failure_data.error
+        assert error is not None and error.cls_name == "DagsterExecutionInterruptedError"
+    # No step is left "started" in the run's step stats.
+    stats = {s.step_key: s.status for s in instance.get_run_step_stats(run_id)}
+    assert set(stats) == {"waits_a", "waits_b"}
+    assert all(s is not None and s.value == "FAILURE" for s in stats.values()), stats
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+
+
+# -- tag concurrency limits ----------------------------------------------------------------
+
+
+def test_tag_concurrency_limits_keep_tagged_steps_apart(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    for name in ("load_a", "load_b", "load_c"):
+        (work_dir / f"interval-{name}").unlink(missing_ok=True)
+    limits = [{"key": "database", "value": "warehouse", "limit": 1}]
+    with execute_job(
+        reconstructable(jobs.tagged_job),
+        instance=instance,
+        run_config=_config(work_dir, tag_concurrency_limits=limits),
+    ) as result:
+        assert result.success
+    intervals = sorted(
+        tuple(float(x) for x in (work_dir / f"interval-{name}").read_text().split())
+        for name in ("load_a", "load_b", "load_c")
+    )
+    for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+        assert start >= end, f"two steps tagged database=warehouse overlapped: {intervals}"
+
+
+# -- checks before the run -----------------------------------------------------------------
+
+
+def test_mem_io_manager_is_rejected_before_the_run(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    with pytest.raises(DagsterUnmetExecutorRequirementsError, match="persistent IO manager"):
+        execute_job(
+            reconstructable(jobs.mem_io_job), instance=instance, run_config=_config(work_dir)
+        )
+    assert instance.get_runs() == []  # no run was created, so nothing was launched
+
+
+def test_ephemeral_instance_fails_with_dagsters_requirements_error(work_dir: Path) -> None:
+    with (
+        DagsterInstance.ephemeral() as ephemeral,
+        execute_job(
+            reconstructable(jobs.pipeline_job),
+            instance=ephemeral,
+            run_config=_config(work_dir),
+            raise_on_error=False,
+        ) as result,
+    ):
+        assert not result.success
+        [failure] = _events(ephemeral, result.run_id, DagsterEventType.RUN_FAILURE)
+        assert not _events(ephemeral, result.run_id, DagsterEventType.STEP_START)
+    assert failure.dagster_event is not None
+    error = getattr(failure.dagster_event.event_specific_data, "error", None)
+    assert error is not None
+    assert error.cls_name == "DagsterUnmetExecutorRequirementsError"
+    assert "DAGSTER_HOME" in error.to_string()
+
+
+# -- events while the step runs ------------------------------------------------------------
+
+
+def test_events_reach_the_run_while_the_step_runs(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    _reset(work_dir, "logs_then_waits")
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        with execute_job(
+            reconstructable(jobs.live_job), instance=instance, run_config=_config(work_dir)
+        ) as result:
+            outcome["success"] = result.success
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        _wait_for(work_dir / "logs_then_waits-started")
+        [run] = instance.get_runs()
+        deadline = time.monotonic() + 30
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            seen = [e.user_message for e in _logs(instance, run.run_id)]
+            if "halfway through the step" in seen:
+                break
+            time.sleep(0.1)
+        kinds = {e.dagster_event_type for e in _logs(instance, run.run_id)}
+    finally:
+        (work_dir / "logs_then_waits-go").write_text("")
+        thread.join(timeout=60)
+    assert "halfway through the step" in seen, "context.log did not arrive while the step ran"
+    assert DagsterEventType.STEP_START in kinds
+    assert DagsterEventType.STEP_SUCCESS not in kinds  # it was still running
+    assert outcome["success"] is True
+    # Each event is in the run once, not once live and again when the step ended.
+    logs = _logs(instance, run.run_id)
+    assert [e.user_message for e in logs].count("halfway through the step") == 1
+    assert len(_events(instance, run.run_id, DagsterEventType.STEP_START)) == 1
+
+
+def test_a_crashed_attempt_keeps_what_it_logged(instance: DagsterInstance, work_dir: Path) -> None:
+    (work_dir / "logged-then-crashed").unlink(missing_ok=True)
+    with execute_job(
+        reconstructable(jobs.logs_then_crashes_job),
+        instance=instance,
+        run_config=_config(work_dir),
+    ) as result:
+        assert result.success
+        run_id = result.run_id
+    messages = [e.user_message for e in _logs(instance, run_id)]
+    assert "last words before the crash" in messages
+    # Both attempts started, as with Dagster's own executors.
+    assert len(_events(instance, run_id, DagsterEventType.STEP_START)) == 2
+    assert len(_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)) == 1
+
+
+def test_step_output_reaches_dagsters_compute_logs(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    with execute_job(
+        reconstructable(jobs.pipeline_job), instance=instance, run_config=_config(work_dir)
+    ) as result:
+        assert result.success
+        run_id = result.run_id
+    captured = _events(instance, run_id, DagsterEventType.LOGS_CAPTURED)
+    texts = []
+    for entry in captured:
+        assert entry.dagster_event is not None
+        data = entry.dagster_event.logs_captured_data
+        log_data = instance.compute_log_manager.get_log_data(data.log_key)
+        texts.append((log_data.stdout or b"").decode())
+    assert any("doubling on the remote side" in t for t in texts), texts
+
+
+def test_context_instance_knows_the_run(instance: DagsterInstance, work_dir: Path) -> None:
+    with execute_job(
+        reconstructable(jobs.instance_job),
+        instance=instance,
+        run_config=_config(work_dir),
+        tags={"team": "analytics"},
+    ) as result:
+        assert result.success
+        seen = result.output_for_node("asks_the_instance")
+    assert seen["found"] is True
+    assert seen["tags"]["team"] == "analytics"
