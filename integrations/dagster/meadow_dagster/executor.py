@@ -38,6 +38,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.context.system import PlanOrchestrationContext
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
@@ -263,7 +264,11 @@ class MeadowExecutor(Executor):
                         yield from active.plan_events_iterator(plan_context)
                         continue
                     running.pop(key, None)
-                    if not stopping:
+                    if stopping and not isinstance(outcome, str):
+                        # Cancelled by the interrupt: fail it as Dagster's executors do,
+                        # so no step stays "started".
+                        yield from self._interrupted(plan_context, active, key)
+                    else:
                         yield from self._finish(plan_context, active, key, outcome, run_id)
                     active.verify_complete(plan_context, key)
                     yield from active.plan_events_iterator(plan_context)
@@ -342,6 +347,24 @@ class MeadowExecutor(Executor):
                 finished.put((step.key, exc))
 
         threading.Thread(target=run, name=f"meadow-step-{step.key}", daemon=True).start()
+
+    def _interrupted(
+        self, plan_context: PlanOrchestrationContext, active: ActiveExecution, key: str
+    ) -> Iterator[DagsterEvent]:
+        """The ``STEP_FAILURE`` of a step whose Meadow job the interrupt cancelled."""
+        step_context = plan_context.for_step(active.get_step_by_key(key))
+        try:
+            raise DagsterExecutionInterruptedError(
+                f'step "{key}" was interrupted: its Meadow job was cancelled'
+            )
+        except DagsterExecutionInterruptedError:
+            error = serializable_error_info_from_exc_info(sys.exc_info())
+        failure = DagsterEvent.step_failure_event(
+            step_context,
+            StepFailureData(error=error, user_failure_data=None, error_source=ErrorSource.INTERRUPT),
+        )
+        active.handle_event(failure)
+        yield failure
 
     def _finish(
         self,

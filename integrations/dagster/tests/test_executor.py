@@ -198,6 +198,9 @@ def test_run_termination_cancels_the_meadow_job(
     assert outcome["success"] is False
     final = instance.get_run_by_id(outcome["run_id"])
     assert final is not None and final.status == DagsterRunStatus.CANCELED
+    # The step in flight ends failed (interrupted), not "started" forever.
+    [failure] = _events(instance, outcome["run_id"], DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "slow_step"
     [job_id] = _meadow_job_ids(instance, outcome["run_id"])
     assert get_job_sync(job_id, host).state == "cancelled"
     deadline = time.monotonic() + 10
