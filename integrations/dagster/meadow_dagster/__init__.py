@@ -10,6 +10,7 @@ from meadow_dagster.executor import (
     RESOURCES_TAG,
     MeadowDagsterConfigError,
     MeadowExecutor,
+    MeadowUnmetRequirementsError,
     meadow_executor,
 )
 from meadow_dagster.io_manager import MeadowIOManager, meadow_io_manager
@@ -20,6 +21,7 @@ __all__ = [
     "MeadowDagsterConfigError",
     "MeadowExecutor",
     "MeadowIOManager",
+    "MeadowUnmetRequirementsError",
     "PipesMeadowClient",
     "meadow_executor",
     "meadow_io_manager",

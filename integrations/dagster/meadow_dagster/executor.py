@@ -30,9 +30,15 @@ from dagster import (
 from dagster import (
     _check as check,
 )
-from dagster._core.definitions.executor_definition import ExecutorDefinition
-from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.errors import DagsterExecutionInterruptedError, DagsterInvariantViolationError
+from dagster._core.definitions.executor_definition import (
+    ExecutorDefinition,
+    multiple_process_executor_requirements,
+)
+from dagster._core.errors import (
+    DagsterExecutionInterruptedError,
+    DagsterInvariantViolationError,
+    DagsterUnmetExecutorRequirementsError,
+)
 from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.context.system import PlanOrchestrationContext
@@ -42,6 +48,7 @@ from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.execution.tags import get_tag_concurrency_limits_config
 from dagster._core.executor.base import Executor
 from dagster._core.executor.init import InitExecutorContext
 from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -73,6 +80,11 @@ _RESOURCE_FIELDS = ("logical_cpu", "memory_gb", "gpus", "gpu_memory", "max_evict
 
 class MeadowDagsterConfigError(DagsterInvariantViolationError):
     """The job cannot run on Meadow as configured; the message names the fix."""
+
+
+class MeadowUnmetRequirementsError(MeadowDagsterConfigError, DagsterUnmetExecutorRequirementsError):
+    """The job breaks a requirement of running steps on other machines; also Dagster's
+    own error type for that, so code catching it for any executor catches this too."""
 
 
 def _host_from_config(config: Mapping[str, Any]) -> Host:
@@ -141,6 +153,7 @@ class MeadowExecutor(Executor):
         timeout_seconds: float | None,
         cancel_check_interval: float = 1.0,
         credentials: Mapping[str, str] | None = None,
+        tag_concurrency_limits: list[dict[str, Any]] | None = None,
     ) -> None:
         self.host = host
         self.credentials = dict(credentials) if credentials else None
@@ -150,6 +163,7 @@ class MeadowExecutor(Executor):
         self.max_concurrent = max_concurrent
         self.timeout_seconds = timeout_seconds
         self.cancel_check_interval = cancel_check_interval
+        self.tag_concurrency_limits = list(tag_concurrency_limits or [])
 
     @property
     def retries(self) -> RetryMode:
@@ -218,6 +232,7 @@ class MeadowExecutor(Executor):
                 execution_plan,
                 retry_mode=self.retries,
                 max_concurrent=self.max_concurrent,
+                tag_concurrency_limits=self.tag_concurrency_limits,
                 instance_concurrency_context=concurrency,
             ) as active,
         ):
@@ -361,7 +376,9 @@ class MeadowExecutor(Executor):
             error = serializable_error_info_from_exc_info(sys.exc_info())
         failure = DagsterEvent.step_failure_event(
             step_context,
-            StepFailureData(error=error, user_failure_data=None, error_source=ErrorSource.INTERRUPT),
+            StepFailureData(
+                error=error, user_failure_data=None, error_source=ErrorSource.INTERRUPT
+            ),
         )
         active.handle_event(failure)
         yield failure
@@ -473,21 +490,11 @@ def _is_shareable(resource_def: object) -> bool:
 
 
 def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
-    """Everything that can be rejected before the run starts, each naming its fix."""
-    if init_context.instance.is_ephemeral:
-        raise MeadowDagsterConfigError(
-            "meadow_executor needs a persistent DagsterInstance to record the run: set "
-            "$DAGSTER_HOME, or pass instance=DagsterInstance.get() (or "
-            "DagsterInstance.local_temp(dir)) to execute_job."
-        )
-    job = init_context.job
-    if not isinstance(job, ReconstructableJob):
-        raise MeadowDagsterConfigError(
-            f'meadow_executor must be able to load job "{job.get_definition().name}" on '
-            "another machine: run it with execute_job(reconstructable(my_job), ...) or "
-            "from a code location (dagster dev -f / -m), not with a JobDefinition object."
-        )
-    job_def = job.get_definition()
+    """What Meadow needs beyond Dagster's own checks of a multi-process executor (a
+    reconstructable job, a persistent instance, no ``mem_io_manager``: the
+    ``requirements`` below, checked by Dagster before the run): outputs every machine
+    can read."""
+    job_def = init_context.job.get_definition()
     for op_def in job_def.graph.iterate_op_defs():
         for output_def in op_def.output_defs:
             if output_def.dagster_type.is_nothing:
@@ -499,7 +506,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             if _is_shareable(resource_def):
                 continue
             name = type(resource_def).__name__ if resource_def is not None else "none"
-            raise MeadowDagsterConfigError(
+            raise MeadowUnmetRequirementsError(
                 f'output "{output_def.name}" of op "{op_def.name}" uses IO manager "{key}" '
                 f"({name}), which steps on other Meadow machines cannot share. Use "
                 f'resource_defs={{"{key}": meadow_io_manager}} (from meadow_dagster), or list '
@@ -527,6 +534,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             description="IO manager keys whose storage every Meadow machine reaches.",
         ),
         "retries": get_retries_config(),
+        "tag_concurrency_limits": get_tag_concurrency_limits_config(),
         "credentials": Field(
             Noneable(Map(str, StringSource)),
             default_value=None,
@@ -535,7 +543,8 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             "each value may come from the environment: {env: NAME}.",
         ),
     },
-    requirements=[],
+    # The multiprocess executor's: Dagster checks them before the run, with its own error.
+    requirements=multiple_process_executor_requirements(),
 )
 def meadow_executor(init_context: InitExecutorContext) -> Executor:
     """Run every step of the job on a Meadow host (LocalHost by default, or a cloud's).
@@ -574,6 +583,7 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
         max_concurrent=int(max_concurrent),  # type: ignore[call-overload]
         timeout_seconds=config["timeout_seconds"],  # type: ignore[arg-type]
         credentials=credentials,
+        tag_concurrency_limits=config.get("tag_concurrency_limits"),  # type: ignore[arg-type]
     )
 
 
