@@ -4,14 +4,40 @@ This is the function Meadow ships to the host. It receives the step's plan input
 (job origin, run, known state) as serdes strings and runs the step against a
 throwaway in-memory Dagster instance of its own, so the machine never needs the
 orchestrator's instance storage (no shared database). Every event and log record the
-step produced is returned, serialized with Dagster's serdes, for the orchestrator to
-write into the real run's event log.
+step produced is printed as it happens (one ``EVENT_PREFIX`` line each, which Meadow
+relays to the caller live) and returned at the end, serialized with Dagster's serdes,
+for the orchestrator to write into the real run's event log: live if the line arrives,
+from the return value if it does not (a line lost or split costs nothing).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import sys
+import zlib
 from typing import Any
+
+#: Starts an output line that carries one event log entry: ``<prefix><index> <data>``,
+#: the data being base64 of zlib of the entry's serdes text.
+EVENT_PREFIX = "\x1emeadow-dagster-event "
+
+
+def encode_entry(index: int, entry_text: str) -> str:
+    """One output line for the ``index``-th entry of a step (serdes text)."""
+    data = base64.b64encode(zlib.compress(entry_text.encode())).decode("ascii")
+    return f"{EVENT_PREFIX}{index} {data}"
+
+
+def decode_entry(line: str) -> tuple[int, str] | None:
+    """``(index, serdes text)`` from an event line, or None if it is not a whole one."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    try:
+        index, data = line[len(EVENT_PREFIX) :].split(" ", 1)
+        return int(index), zlib.decompress(base64.b64decode(data, validate=True)).decode()
+    except (ValueError, zlib.error):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +82,19 @@ def execute_step(payload: StepPayload) -> str:
     )
     instance = _throwaway_instance()
     run_id = dagster_run.run_id
+    entries: list[Any] = []
+
+    def relay(entry: Any) -> None:
+        text = serialize_value(entry)
+        out = sys.__stdout__ or sys.stdout  # not an op's redirect_stdout
+        out.write(encode_entry(len(entries), text) + "\n")
+        out.flush()
+        entries.append(entry)
+
+    # The run itself, so that an op asking context.instance about its run (tags,
+    # status) gets an answer; its snapshots stay with the orchestrator.
+    instance.add_run(dagster_run._replace(job_snapshot_id=None, execution_plan_snapshot_id=None))
+    instance.add_event_listener(run_id, relay)
     try:
         plan = create_execution_plan(
             job=recon_job,
@@ -73,9 +112,9 @@ def execute_step(payload: StepPayload) -> str:
             run_config=dagster_run.run_config,
         ):
             pass
-        entries = list(instance.all_logs(run_id))
     finally:
-        instance.event_log_storage.delete_events(run_id)
+        instance._subscribers.pop(run_id, None)  # no public way to remove a listener
+        instance.delete_run(run_id)  # and its events
     return serialize_value(entries)
 
 

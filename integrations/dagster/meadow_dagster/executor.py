@@ -9,13 +9,16 @@ Dagster instance storage of the orchestrator (see README.md, "no shared database
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import json
+import logging
 import queue
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any, Literal
 
 from dagster import Any as DagsterAny
 from dagster import (
@@ -51,6 +54,7 @@ from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.execution.tags import get_tag_concurrency_limits_config
 from dagster._core.executor.base import Executor
 from dagster._core.executor.init import InitExecutorContext
+from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._serdes import deserialize_value, serialize_value
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
@@ -68,9 +72,13 @@ from meadow_core import (
     host_class,
     host_from_config,
     host_types,
+    route_logs,
     run_function_sync,
 )
-from meadow_dagster._remote import StepPayload, execute_step
+from meadow_dagster._remote import EVENT_PREFIX, StepPayload, decode_entry, execute_step
+
+#: The logger Meadow hands remote output to (see ``meadow_core.route_logs``).
+_REMOTE_LOGGER = "meadow"
 
 #: Op tag holding a step's Meadow resources, e.g. ``'{"logical_cpu": 2, "memory_gb": 4}'``.
 RESOURCES_TAG = "meadow/resources"
@@ -216,14 +224,14 @@ class MeadowExecutor(Executor):
             else None
         )
         instance = plan_context.instance
-        run_id = plan_context.run_id
         yield DagsterEvent.engine_event(
             plan_context,
             f"Executing steps on Meadow host {self.host!r}",
             event_specific_data=EngineEventData(),
         )
-        finished: queue.Queue[tuple[str, str | BaseException]] = queue.Queue()
+        finished: queue.Queue[_Message] = queue.Queue()
         running: dict[str, str] = {}  # step key -> Meadow job id
+        attempts: dict[str, _Attempt] = {}  # Meadow job id -> its step attempt
         stopping = False
         last_cancel_check = time.monotonic()
         with (
@@ -271,20 +279,41 @@ class MeadowExecutor(Executor):
                                 load_data,
                                 finished,
                                 running,
+                                attempts,
                             )
 
                     try:
-                        key, outcome = finished.get(timeout=0.2 if running else 0.01)
+                        message = finished.get(timeout=0.2 if running else 0.01)
                     except queue.Empty:
                         yield from active.plan_events_iterator(plan_context)
                         continue
-                    running.pop(key, None)
+                    attempt = attempts.get(message.job_id)
+                    if attempt is None:
+                        continue  # a late line of an attempt already finished
+                    if message.kind == "entry":
+                        if message.index == attempt.delivered:  # in order, else at the end
+                            yield from self._write(plan_context, active, attempt, message.entries)
+                        continue
+                    if message.kind == "line":
+                        self._capture(plan_context, attempt, message.line)
+                        continue
+                    del attempts[message.job_id]
+                    key = attempt.step_key
+                    if running.get(key) != message.job_id:
+                        # Its STEP_UP_FOR_RETRY came live and the next attempt already
+                        # runs: this job's last entries go into the run, nothing more.
+                        if isinstance(message.outcome, str):
+                            rest = _entries(message.outcome)[attempt.delivered :]
+                            yield from self._write(plan_context, active, attempt, rest, feed=False)
+                        continue
+                    del running[key]
+                    outcome = message.outcome
                     if stopping and not isinstance(outcome, str):
                         # Cancelled by the interrupt: fail it as Dagster's executors do,
                         # so no step stays "started".
                         yield from self._interrupted(plan_context, active, key)
                     else:
-                        yield from self._finish(plan_context, active, key, outcome, run_id)
+                        yield from self._finish(plan_context, active, attempt, outcome)
                     active.verify_complete(plan_context, key)
                     yield from active.plan_events_iterator(plan_context)
             except BaseException:
@@ -320,8 +349,9 @@ class MeadowExecutor(Executor):
         origin: str,
         run_text: str,
         load_data: str | None,
-        finished: queue.Queue[tuple[str, str | BaseException]],
+        finished: queue.Queue[_Message],
         running: dict[str, str],
+        attempts: dict[str, _Attempt],
     ) -> Iterator[DagsterEvent]:
         known_state = active.get_known_state()
         attempt = known_state.get_retry_state().get_attempt_count(step.key)
@@ -344,10 +374,24 @@ class MeadowExecutor(Executor):
         yield event
         active.handle_event(event)
         running[step.key] = job_id
+        attempts[job_id] = _Attempt(step.key)
+
+        def relay(record: logging.LogRecord) -> None:
+            """A line of the step's output: an event for the run, or output to capture."""
+            line = record.getMessage()
+            decoded = decode_entry(line)
+            if decoded is not None:
+                index, text = decoded
+                entry = deserialize_value(text, EventLogEntry)
+                finished.put(_Message(job_id, "entry", index=index, entries=[entry]))
+            elif not line.startswith(EVENT_PREFIX):
+                finished.put(_Message(job_id, "line", line=line))
+                # Still shown where Meadow shows remote output (not routed again).
+                logging.getLogger(_REMOTE_LOGGER).log(record.levelno, "%s", line)
 
         def run() -> None:
             try:
-                with self._credentials():  # this thread does not inherit the caller's
+                with self._credentials(), route_logs(job_id, relay):
                     result: str = run_function_sync(
                         execute_step,
                         self.host,
@@ -357,9 +401,9 @@ class MeadowExecutor(Executor):
                         job_id=job_id,
                         timeout_seconds=self.timeout_seconds,
                     )
-                finished.put((step.key, result))
+                finished.put(_Message(job_id, "done", outcome=result))
             except BaseException as exc:  # delivered to the executor loop
-                finished.put((step.key, exc))
+                finished.put(_Message(job_id, "done", outcome=exc))
 
         threading.Thread(target=run, name=f"meadow-step-{step.key}", daemon=True).start()
 
@@ -383,26 +427,72 @@ class MeadowExecutor(Executor):
         active.handle_event(failure)
         yield failure
 
+    def _write(
+        self,
+        plan_context: PlanOrchestrationContext,
+        active: ActiveExecution,
+        attempt: _Attempt,
+        entries: list[EventLogEntry],
+        feed: bool = True,
+    ) -> list[DagsterEvent]:
+        """Write the attempt's next remote entries into the run and (if ``feed``) give
+        its events to ``ActiveExecution``; a ``LOGS_CAPTURED`` one says where its
+        output goes. Returns the events, for the executor to yield."""
+        events = []
+        for entry in entries:
+            attempt.delivered += 1
+            if entry.run_id != plan_context.run_id:
+                continue
+            event = entry.dagster_event
+            if event is not None and event.event_type_value == "LOGS_CAPTURED":
+                manager = plan_context.instance.compute_log_manager
+                file_key = event.logs_captured_data.file_key
+                attempt.log_key = list(manager.build_log_key_for_run(plan_context.run_id, file_key))
+                self._capture(plan_context, attempt, None)
+            plan_context.instance.handle_new_event(entry)
+            if event is not None:
+                events.append(event)
+                if feed:
+                    active.handle_event(event)
+        return events
+
+    def _capture(
+        self, plan_context: PlanOrchestrationContext, attempt: _Attempt, line: str | None
+    ) -> None:
+        """Append the step's output to Dagster's compute log (what the UI shows as the
+        step's stdout), holding lines until the step's log key is known."""
+        if line is not None:
+            attempt.lines.append(line)
+        if attempt.log_key is None or not attempt.lines:
+            return
+        manager = plan_context.instance.compute_log_manager
+        with (
+            contextlib.suppress(Exception),  # a log that cannot be written fails no step
+            manager.open_log_stream(attempt.log_key, ComputeIOType.STDOUT) as stream,
+        ):
+            text = "".join(f"{line}\n" for line in attempt.lines)
+            # Typed as bytes, but the local manager opens its files in text mode.
+            out: IO[Any] | None = stream
+            if isinstance(out, io.TextIOBase):
+                out.write(text)
+            elif out is not None:
+                out.write(text.encode())
+        attempt.lines.clear()
+
     def _finish(
         self,
         plan_context: PlanOrchestrationContext,
         active: ActiveExecution,
-        key: str,
+        attempt: _Attempt,
         outcome: str | BaseException,
-        run_id: str,
     ) -> Iterator[DagsterEvent]:
-        """Write the remote step's events into the run, or fail the step if it died."""
+        """Write the remote step's events not yet written live into the run, or fail
+        the step if it died (what it wrote live stays)."""
+        key = attempt.step_key
         step_context = plan_context.for_step(active.get_step_by_key(key))
         if isinstance(outcome, str):
-            entries: list[EventLogEntry] = deserialize_value(outcome, list)  # type: ignore[arg-type]
-            for entry in entries:
-                if entry.run_id != run_id or _is_remote_only(entry):
-                    continue
-                plan_context.instance.handle_new_event(entry)
-                event = entry.dagster_event
-                if event is not None:
-                    yield event
-                    active.handle_event(event)
+            rest = _entries(outcome)[attempt.delivered :]
+            yield from self._write(plan_context, active, attempt, rest)
             return
         error = _error_info(outcome)
         yield DagsterEvent.engine_event(
@@ -417,10 +507,32 @@ class MeadowExecutor(Executor):
         yield failure
 
 
-def _is_remote_only(entry: EventLogEntry) -> bool:
-    """Events that point at the remote throwaway instance (its captured-log keys)."""
-    event = entry.dagster_event
-    return event is not None and event.event_type_value == "LOGS_CAPTURED"
+def _entries(outcome: str) -> list[EventLogEntry]:
+    """The event log entries a remote step returned."""
+    entries: list[EventLogEntry] = deserialize_value(outcome, list)  # type: ignore[arg-type]
+    return entries
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One Meadow job (one attempt of a step) as the executor loop sees it."""
+
+    step_key: str
+    delivered: int = 0  # remote entries written into the run so far, in order
+    log_key: list[str] | None = None  # where its output goes in the compute log
+    lines: list[str] = dataclasses.field(default_factory=list)  # output not yet written
+
+
+@dataclasses.dataclass
+class _Message:
+    """From a step's thread to the loop: an entry seen live, an output line, or the end."""
+
+    job_id: str
+    kind: Literal["entry", "line", "done"]
+    index: int = 0
+    entries: list[EventLogEntry] = dataclasses.field(default_factory=list)
+    line: str = ""
+    outcome: str | BaseException = ""
 
 
 def _error_info(exc: BaseException) -> SerializableErrorInfo:
