@@ -3,9 +3,11 @@
 - ``meadow_executor``: each step runs on a Meadow host; its events come back through
   Meadow and land in the run's event log, so no database is shared with the machine.
 - ``meadow_io_manager``: outputs in Meadow's object store, shared by all machines.
+- ``MeadowCredentials``: the host's credentials as a resource the executor reads.
 - ``PipesMeadowClient``: run an external script on a Meadow host with Dagster Pipes.
 """
 
+from meadow_dagster.credentials import MeadowCredentials
 from meadow_dagster.executor import (
     RESOURCES_TAG,
     MeadowDagsterConfigError,
@@ -18,6 +20,7 @@ from meadow_dagster.pipes import PipesMeadowClient
 
 __all__ = [
     "RESOURCES_TAG",
+    "MeadowCredentials",
     "MeadowDagsterConfigError",
     "MeadowExecutor",
     "MeadowIOManager",

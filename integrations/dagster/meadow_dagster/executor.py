@@ -22,12 +22,14 @@ from typing import IO, Any, Literal
 
 from dagster import Any as DagsterAny
 from dagster import (
+    DagsterError,
     Field,
     Map,
     Noneable,
     Permissive,
     Selector,
     StringSource,
+    build_resources,
     executor,
 )
 from dagster import (
@@ -76,6 +78,7 @@ from meadow_core import (
     run_function_sync,
 )
 from meadow_dagster._remote import EVENT_PREFIX, StepPayload, decode_entry, execute_step
+from meadow_dagster.credentials import MeadowCredentials
 
 #: The logger Meadow hands remote output to (see ``meadow_core.route_logs``).
 _REMOTE_LOGGER = "meadow"
@@ -140,12 +143,36 @@ def _without_credentials(run: Any) -> Any:
 
 
 def host_credentials(
-    host: Host, credentials: Mapping[str, str] | None
+    host: Host, credentials: object | None
 ) -> contextlib.AbstractContextManager[object]:
     """``host.credentials(credentials)``, or nothing when none are configured."""
-    if not credentials:
+    if credentials is None or (isinstance(credentials, Mapping) and not credentials):
         return contextlib.nullcontext()
-    return host.credentials(dict(credentials))
+    if isinstance(credentials, Mapping):
+        return host.credentials(dict(credentials))
+    return host.credentials(credentials)
+
+
+def credentials_from_resource(init_context: InitExecutorContext, key: str) -> object | None:
+    """What the job's ``MeadowCredentials`` resource under ``key`` gives the host, built
+    here (``EnvVar`` values resolved in this process); None if the job has none."""
+    resource_def = init_context.job.get_definition().resource_defs.get(key)
+    if resource_def is None:
+        return None
+    try:
+        with build_resources({key: resource_def}) as resources:
+            value = getattr(resources, key)
+    except DagsterError as exc:
+        raise MeadowDagsterConfigError(
+            f'meadow_executor could not build the credentials resource "{key}": {exc}'
+        ) from exc
+    if not isinstance(value, MeadowCredentials):
+        raise MeadowDagsterConfigError(
+            f'resource "{key}" is a {type(value).__name__}, but meadow_executor takes its '
+            "credentials from a MeadowCredentials resource under that key: use one, or "
+            "set the executor's credentials_resource to another key."
+        )
+    return value.for_host()
 
 
 class MeadowExecutor(Executor):
@@ -160,11 +187,11 @@ class MeadowExecutor(Executor):
         max_concurrent: int,
         timeout_seconds: float | None,
         cancel_check_interval: float = 1.0,
-        credentials: Mapping[str, str] | None = None,
+        credentials: object | None = None,
         tag_concurrency_limits: list[dict[str, Any]] | None = None,
     ) -> None:
         self.host = host
-        self.credentials = dict(credentials) if credentials else None
+        self.credentials = dict(credentials) if isinstance(credentials, Mapping) else credentials
         self._retries = retries
         self.default_resources = default_resources
         self.environment_variables = dict(environment_variables)
@@ -654,6 +681,12 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             "secret_access_key, session_token, region_name, endpoint_url, profile_name); "
             "each value may come from the environment: {env: NAME}.",
         ),
+        "credentials_resource": Field(
+            str,
+            default_value="meadow_credentials",
+            description="Key of a MeadowCredentials resource of the job to take the "
+            "credentials from instead (built in this process only).",
+        ),
     },
     # The multiprocess executor's: Dagster checks them before the run, with its own error.
     requirements=multiple_process_executor_requirements(),
@@ -667,7 +700,16 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
     config = init_context.executor_config
     _check_job(init_context, list(config["shareable_io_managers"]))  # type: ignore[call-overload]
     host = _host_from_config(config["host"])  # type: ignore[arg-type]
-    credentials: Mapping[str, str] | None = config["credentials"]  # type: ignore[assignment]
+    credentials: object | None = config["credentials"]
+    key = str(config["credentials_resource"])
+    from_resource = credentials_from_resource(init_context, key)
+    if from_resource is not None:
+        if credentials:
+            raise MeadowDagsterConfigError(
+                f'meadow_executor got credentials both in its config and from resource "{key}": '
+                "keep one of them."
+            )
+        credentials = from_resource
     if credentials and not host.takes_credentials:
         raise MeadowDagsterConfigError(
             f"meadow_executor's credentials need a host that takes them; "

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from dagster import (
+    EnvVar,
     In,
     Nothing,
     OpExecutionContext,
@@ -22,7 +23,7 @@ from dagster import (
     mem_io_manager,
     op,
 )
-from meadow_dagster import RESOURCES_TAG, meadow_executor, meadow_io_manager
+from meadow_dagster import RESOURCES_TAG, MeadowCredentials, meadow_executor, meadow_io_manager
 from meadow_dagster.io_manager import MeadowIOManager
 
 RESOURCES = {"io_manager": meadow_io_manager}
@@ -350,3 +351,16 @@ def asks_the_instance(context: OpExecutionContext) -> dict[str, object]:
 @job(executor_def=meadow_executor, resource_defs=RESOURCES)
 def instance_job() -> None:
     asks_the_instance()
+
+
+# -- credentials from a resource (issue 13) ----------------------------------------------
+
+#: Resolved in the orchestrating process only; the step's machine never has the variable.
+CREDENTIALS = MeadowCredentials(
+    values={"token": EnvVar("MEADOW_DAGSTER_TEST_TOKEN"), "user": "analyst"}
+)
+
+
+@job(executor_def=meadow_executor, resource_defs={**RESOURCES, "meadow_credentials": CREDENTIALS})
+def credentials_job() -> None:
+    total(double(make_numbers()))
