@@ -9,15 +9,23 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dagster import (
+    AssetExecutionContext,
+    Definitions,
+    DynamicOut,
+    DynamicOutput,
     EnvVar,
     In,
+    JobDefinition,
     Nothing,
     OpExecutionContext,
     Out,
     RetryPolicy,
+    asset,
+    define_asset_job,
     fs_io_manager,
     job,
     mem_io_manager,
@@ -364,3 +372,50 @@ CREDENTIALS = MeadowCredentials(
 @job(executor_def=meadow_executor, resource_defs={**RESOURCES, "meadow_credentials": CREDENTIALS})
 def credentials_job() -> None:
     total(double(make_numbers()))
+
+
+# -- dynamic outputs and asset subsets -------------------------------------------------
+
+
+@op(out=DynamicOut(int))
+def fan_out() -> Iterator[DynamicOutput[int]]:
+    for n in (1, 2, 3):
+        yield DynamicOutput(n, mapping_key=f"n{n}")
+
+
+@op
+def square(n: int) -> int:
+    return n * n
+
+
+@op
+def add_up(values: list[int]) -> int:
+    return sum(values)
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def dynamic_job() -> None:
+    add_up(fan_out().map(square).collect())
+
+
+@asset(config_schema={"base": int})
+def base_number(context: AssetExecutionContext) -> int:
+    return int(context.op_config["base"])
+
+
+@asset(config_schema={"offset": int})
+def shifted_number(context: AssetExecutionContext, base_number: int) -> int:
+    return base_number + int(context.op_config["offset"])
+
+
+assets_defs = Definitions(
+    assets=[base_number, shifted_number],
+    jobs=[define_asset_job("number_assets_job")],
+    executor=meadow_executor,
+    resources=RESOURCES,
+)
+
+
+def number_assets_job() -> JobDefinition:
+    """The asset job, from a module-level function as ``reconstructable`` needs."""
+    return assets_defs.resolve_job_def("number_assets_job")

@@ -18,6 +18,7 @@ from typing import Any
 import dagster_jobs as jobs
 import pytest
 from dagster import (
+    AssetKey,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -73,6 +74,41 @@ def test_op_selection_runs_only_the_subset_with_its_own_config(
         run_id = result.run_id
     steps = {e.step_key for e in _events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
     assert steps == {"scaled"}
+
+
+def test_asset_selection_runs_only_the_selected_assets_with_their_config(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    config = _config(work_dir)
+    config["ops"] = {"base_number": {"config": {"base": 5}}}  # nothing for shifted_number
+    with execute_job(
+        reconstructable(jobs.number_assets_job),
+        instance=instance,
+        run_config=config,
+        asset_selection=[AssetKey("base_number")],
+    ) as result:
+        assert result.success
+        run_id = result.run_id
+    materialized = _events(instance, run_id, DagsterEventType.ASSET_MATERIALIZATION)
+    assert [e.dagster_event.asset_key for e in materialized if e.dagster_event] == [
+        AssetKey("base_number")
+    ]
+
+
+# -- dynamic outputs -----------------------------------------------------------------------
+
+
+def test_dynamic_outputs_fan_out_and_collect_on_meadow(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    with execute_job(
+        reconstructable(jobs.dynamic_job), instance=instance, run_config=_config(work_dir)
+    ) as result:
+        assert result.success
+        assert result.output_for_node("add_up") == 1 + 4 + 9
+        run_id = result.run_id
+    steps = {e.step_key for e in _events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
+    assert steps == {"fan_out", "square[n1]", "square[n2]", "square[n3]", "add_up"}
 
 
 # -- interruption --------------------------------------------------------------------------
