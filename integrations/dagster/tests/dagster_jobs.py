@@ -419,3 +419,28 @@ assets_defs = Definitions(
 def number_assets_job() -> JobDefinition:
     """The asset job, from a module-level function as ``reconstructable`` needs."""
     return assets_defs.resolve_job_def("number_assets_job")
+
+
+# -- priorities ----------------------------------------------------------------------------
+
+
+@op(tags={"dagster/priority": "-1"})
+def low_priority() -> None:
+    _interval("low_priority")
+
+
+@op(tags={"dagster/priority": "5"})
+def high_priority() -> None:
+    _interval("high_priority")
+
+
+@op
+def default_priority() -> None:
+    _interval("default_priority")
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def priority_job() -> None:
+    low_priority()
+    default_priority()
+    high_priority()

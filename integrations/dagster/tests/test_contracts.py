@@ -176,6 +176,50 @@ def test_tag_concurrency_limits_keep_tagged_steps_apart(
         assert start >= end, f"two steps tagged database=warehouse overlapped: {intervals}"
 
 
+def test_priority_tags_order_steps_when_one_runs_at_a_time(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    names = ("low_priority", "default_priority", "high_priority")
+    for name in names:
+        (work_dir / f"interval-{name}").unlink(missing_ok=True)
+    with execute_job(
+        reconstructable(jobs.priority_job),
+        instance=instance,
+        run_config=_config(work_dir, max_concurrent=1),
+    ) as result:
+        assert result.success
+    starts = {n: float((work_dir / f"interval-{n}").read_text().split()[0]) for n in names}
+    assert sorted(names, key=starts.__getitem__) == [
+        "high_priority",
+        "default_priority",
+        "low_priority",
+    ]
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def test_disabled_retries_fail_a_step_its_retry_policy_would_retry(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    marker = work_dir / "flaky-attempts"  # flaky_step counts its attempts here
+    marker.unlink(missing_ok=True)
+    try:
+        with execute_job(
+            reconstructable(jobs.flaky_job),
+            instance=instance,
+            run_config=_config(work_dir, retries={"disabled": {}}),
+            raise_on_error=False,
+        ) as result:
+            assert not result.success
+            run_id = result.run_id
+    finally:
+        marker.unlink(missing_ok=True)
+    assert not _events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)
+    [failure] = _events(instance, run_id, DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "flaky_step"
+
+
 # -- checks before the run -----------------------------------------------------------------
 
 
