@@ -444,3 +444,22 @@ def priority_job() -> None:
     low_priority()
     default_priority()
     high_priority()
+
+
+# -- pools (op concurrency on the instance) ----------------------------------------------
+
+
+@op(pool="meadow_test_pool")
+def pooled_a() -> None:
+    _interval("pooled_a")
+
+
+@op(pool="meadow_test_pool")
+def pooled_b() -> None:
+    _interval("pooled_b")
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def pooled_job() -> None:
+    pooled_a()
+    pooled_b()

@@ -196,6 +196,26 @@ def test_priority_tags_order_steps_when_one_runs_at_a_time(
     ]
 
 
+def test_pool_limits_of_the_instance_hold_for_steps_on_meadow(
+    instance: DagsterInstance, work_dir: Path
+) -> None:
+    names = ("pooled_a", "pooled_b")
+    for name in names:
+        (work_dir / f"interval-{name}").unlink(missing_ok=True)
+    instance.event_log_storage.set_concurrency_slots("meadow_test_pool", 1)
+    with execute_job(
+        reconstructable(jobs.pooled_job), instance=instance, run_config=_config(work_dir)
+    ) as result:
+        assert result.success
+    intervals = sorted(
+        tuple(float(x) for x in (work_dir / f"interval-{n}").read_text().split()) for n in names
+    )
+    assert intervals[1][0] >= intervals[0][1], f"pooled steps overlapped: {intervals}"
+    # Every slot the run claimed is free again.
+    info = instance.event_log_storage.get_concurrency_info("meadow_test_pool")
+    assert info.active_slot_count == 0
+
+
 # -- retries -------------------------------------------------------------------------------
 
 
