@@ -22,6 +22,10 @@ from typing import Any
 #: the data being base64 of zlib of the entry's serdes text.
 EVENT_PREFIX = "\x1emeadow-dagster-event "
 
+#: Longer event lines are not printed (the entry comes with the return value): Meadow
+#: passes on a line over 1 MiB in pieces, which would reach the step's log as noise.
+LIVE_LINE_LIMIT = 512 * 1024
+
 
 def encode_entry(index: int, entry_text: str) -> str:
     """One output line for the ``index``-th entry of a step (serdes text)."""
@@ -85,11 +89,12 @@ def execute_step(payload: StepPayload) -> str:
     entries: list[Any] = []
 
     def relay(entry: Any) -> None:
-        text = serialize_value(entry)
-        out = sys.__stdout__ or sys.stdout  # not an op's redirect_stdout
-        out.write(encode_entry(len(entries), text) + "\n")
-        out.flush()
+        line = encode_entry(len(entries), serialize_value(entry))
         entries.append(entry)
+        if len(line) <= LIVE_LINE_LIMIT:
+            out = sys.__stdout__ or sys.stdout  # not an op's redirect_stdout
+            out.write(line + "\n")
+            out.flush()
 
     # The run itself, so that an op asking context.instance about its run (tags,
     # status) gets an answer; its snapshots stay with the orchestrator.

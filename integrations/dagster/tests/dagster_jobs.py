@@ -463,3 +463,16 @@ def pooled_b() -> None:
 def pooled_job() -> None:
     pooled_a()
     pooled_b()
+
+
+@op
+def logs_a_huge_line(context: OpExecutionContext) -> int:
+    huge = os.urandom(1024 * 1024).hex()  # 2 MiB that does not compress much
+    context.log.info(f"huge:{huge}")
+    print("after the huge line", flush=True)
+    return len(huge)
+
+
+@job(executor_def=meadow_executor, resource_defs=RESOURCES)
+def huge_line_job() -> None:
+    logs_a_huge_line()
