@@ -82,6 +82,10 @@ from meadow_dagster.credentials import MeadowCredentials
 
 #: The logger Meadow hands remote output to (see ``meadow_core.route_logs``).
 _REMOTE_LOGGER = "meadow"
+#: A step's output is written to the compute log at least this often (seconds) ...
+_CAPTURE_INTERVAL = 0.5
+#: ... or when this many lines wait, and when the step ends.
+_CAPTURE_BATCH = 500
 
 #: Op tag holding a step's Meadow resources, e.g. ``'{"logical_cpu": 2, "memory_gb": 4}'``.
 RESOURCES_TAG = "meadow/resources"
@@ -312,6 +316,8 @@ class MeadowExecutor(Executor):
                     try:
                         message = finished.get(timeout=0.2 if running else 0.01)
                     except queue.Empty:
+                        for waiting in attempts.values():  # output that waits too long
+                            self._capture(plan_context, waiting, None)
                         yield from active.plan_events_iterator(plan_context)
                         continue
                     attempt = attempts.get(message.job_id)
@@ -325,6 +331,7 @@ class MeadowExecutor(Executor):
                         self._capture(plan_context, attempt, message.line)
                         continue
                     del attempts[message.job_id]
+                    self._capture(plan_context, attempt, None, force=True)
                     key = attempt.step_key
                     if running.get(key) != message.job_id:
                         # Its STEP_UP_FOR_RETRY came live and the next attempt already
@@ -475,7 +482,7 @@ class MeadowExecutor(Executor):
                 manager = plan_context.instance.compute_log_manager
                 file_key = event.logs_captured_data.file_key
                 attempt.log_key = list(manager.build_log_key_for_run(plan_context.run_id, file_key))
-                self._capture(plan_context, attempt, None)
+                self._capture(plan_context, attempt, None, force=True)
             plan_context.instance.handle_new_event(entry)
             if event is not None:
                 events.append(event)
@@ -484,14 +491,23 @@ class MeadowExecutor(Executor):
         return events
 
     def _capture(
-        self, plan_context: PlanOrchestrationContext, attempt: _Attempt, line: str | None
+        self,
+        plan_context: PlanOrchestrationContext,
+        attempt: _Attempt,
+        line: str | None,
+        force: bool = False,
     ) -> None:
         """Append the step's output to Dagster's compute log (what the UI shows as the
-        step's stdout), holding lines until the step's log key is known."""
+        step's stdout), holding lines until the step's log key is known and writing
+        them in batches (a chatty step must not cost a file open per line)."""
         if line is not None:
             attempt.lines.append(line)
         if attempt.log_key is None or not attempt.lines:
             return
+        due = time.monotonic() - attempt.written_at > _CAPTURE_INTERVAL
+        if not (force or due or len(attempt.lines) >= _CAPTURE_BATCH):
+            return
+        attempt.written_at = time.monotonic()
         manager = plan_context.instance.compute_log_manager
         with (
             contextlib.suppress(Exception),  # a log that cannot be written fails no step
@@ -548,6 +564,7 @@ class _Attempt:
     delivered: int = 0  # remote entries written into the run so far, in order
     log_key: list[str] | None = None  # where its output goes in the compute log
     lines: list[str] = dataclasses.field(default_factory=list)  # output not yet written
+    written_at: float = 0.0  # when output was last written (time.monotonic)
 
 
 @dataclasses.dataclass

@@ -302,17 +302,36 @@ def test_events_reach_the_run_while_the_step_runs(
                 break
             time.sleep(0.1)
         kinds = {e.dagster_event_type for e in _logs(instance, run.run_id)}
+        printed = _wait_for_compute_log(instance, run.run_id, b"printed by the step")
     finally:
         (work_dir / "logs_then_waits-go").write_text("")
         thread.join(timeout=60)
     assert "halfway through the step" in seen, "context.log did not arrive while the step ran"
     assert DagsterEventType.STEP_START in kinds
     assert DagsterEventType.STEP_SUCCESS not in kinds  # it was still running
+    assert printed, "the step's output did not reach the compute log while it ran"
     assert outcome["success"] is True
     # Each event is in the run once, not once live and again when the step ended.
     logs = _logs(instance, run.run_id)
     assert [e.user_message for e in logs].count("halfway through the step") == 1
     assert len(_events(instance, run.run_id, DagsterEventType.STEP_START)) == 1
+
+
+def _wait_for_compute_log(
+    instance: DagsterInstance, run_id: str, text: bytes, seconds: float = 15
+) -> bool:
+    """Whether ``text`` shows in the run's captured stdout within ``seconds``."""
+    manager = instance.compute_log_manager
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for entry in _events(instance, run_id, DagsterEventType.LOGS_CAPTURED):
+            assert entry.dagster_event is not None
+            file_key = entry.dagster_event.logs_captured_data.file_key
+            data = manager.get_log_data(manager.build_log_key_for_run(run_id, file_key))
+            if text in (data.stdout or b""):
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def test_a_crashed_attempt_keeps_what_it_logged(instance: DagsterInstance, work_dir: Path) -> None:
