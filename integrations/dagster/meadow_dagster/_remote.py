@@ -4,14 +4,44 @@ This is the function Meadow ships to the host. It receives the step's plan input
 (job origin, run, known state) as serdes strings and runs the step against a
 throwaway in-memory Dagster instance of its own, so the machine never needs the
 orchestrator's instance storage (no shared database). Every event and log record the
-step produced is returned, serialized with Dagster's serdes, for the orchestrator to
-write into the real run's event log.
+step produced is printed as it happens (one ``EVENT_PREFIX`` line each, which Meadow
+relays to the caller live) and returned at the end, serialized with Dagster's serdes,
+for the orchestrator to write into the real run's event log: live if the line arrives,
+from the return value if it does not (a line lost or split costs nothing).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import sys
+import zlib
 from typing import Any
+
+#: Starts an output line that carries one event log entry: ``<prefix><index> <data>``,
+#: the data being base64 of zlib of the entry's serdes text.
+EVENT_PREFIX = "\x1emeadow-dagster-event "
+
+#: Longer event lines are not printed (the entry comes with the return value): Meadow
+#: passes on a line over 1 MiB in pieces, which would reach the step's log as noise.
+LIVE_LINE_LIMIT = 512 * 1024
+
+
+def encode_entry(index: int, entry_text: str) -> str:
+    """One output line for the ``index``-th entry of a step (serdes text)."""
+    data = base64.b64encode(zlib.compress(entry_text.encode())).decode("ascii")
+    return f"{EVENT_PREFIX}{index} {data}"
+
+
+def decode_entry(line: str) -> tuple[int, str] | None:
+    """``(index, serdes text)`` from an event line, or None if it is not a whole one."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    try:
+        index, data = line[len(EVENT_PREFIX) :].split(" ", 1)
+        return int(index), zlib.decompress(base64.b64decode(data, validate=True)).decode()
+    except (ValueError, zlib.error):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +73,33 @@ def execute_step(payload: StepPayload) -> str:
     load_data: Any = (
         deserialize_value(payload.repository_load_data) if payload.repository_load_data else None
     )
-    recon_job = recon_job_from_origin(origin)
+    # The run may be a subset (op or asset selection): load that subset, as
+    # ``dagster api execute_step`` does, or config valid for it would be rejected.
+    recon_job = (
+        recon_job_from_origin(origin)
+        .with_repository_load_data(load_data)
+        .get_subset(
+            op_selection=dagster_run.resolved_op_selection,
+            asset_selection=dagster_run.asset_selection,
+            asset_check_selection=dagster_run.asset_check_selection,
+        )
+    )
     instance = _throwaway_instance()
     run_id = dagster_run.run_id
+    entries: list[Any] = []
+
+    def relay(entry: Any) -> None:
+        line = encode_entry(len(entries), serialize_value(entry))
+        entries.append(entry)
+        if len(line) <= LIVE_LINE_LIMIT:
+            out = sys.__stdout__ or sys.stdout  # not an op's redirect_stdout
+            out.write(line + "\n")
+            out.flush()
+
+    # The run itself, so that an op asking context.instance about its run (tags,
+    # status) gets an answer; its snapshots stay with the orchestrator.
+    instance.add_run(dagster_run._replace(job_snapshot_id=None, execution_plan_snapshot_id=None))
+    instance.add_event_listener(run_id, relay)
     try:
         plan = create_execution_plan(
             job=recon_job,
@@ -63,9 +117,9 @@ def execute_step(payload: StepPayload) -> str:
             run_config=dagster_run.run_config,
         ):
             pass
-        entries = list(instance.all_logs(run_id))
     finally:
-        instance.event_log_storage.delete_events(run_id)
+        instance._subscribers.pop(run_id, None)  # no public way to remove a listener
+        instance.delete_run(run_id)  # and its events
     return serialize_value(entries)
 
 

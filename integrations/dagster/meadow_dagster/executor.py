@@ -9,40 +9,54 @@ Dagster instance storage of the orchestrator (see README.md, "no shared database
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import json
+import logging
 import queue
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any, Literal
 
 from dagster import Any as DagsterAny
 from dagster import (
+    DagsterError,
     Field,
     Map,
     Noneable,
     Permissive,
     Selector,
     StringSource,
+    build_resources,
     executor,
 )
 from dagster import (
     _check as check,
 )
-from dagster._core.definitions.executor_definition import ExecutorDefinition
-from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.errors import DagsterExecutionInterruptedError, DagsterInvariantViolationError
+from dagster._core.definitions.executor_definition import (
+    ExecutorDefinition,
+    multiple_process_executor_requirements,
+)
+from dagster._core.errors import (
+    DagsterExecutionInterruptedError,
+    DagsterInvariantViolationError,
+    DagsterUnmetExecutorRequirementsError,
+)
 from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.context.system import PlanOrchestrationContext
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.execution.tags import get_tag_concurrency_limits_config
 from dagster._core.executor.base import Executor
 from dagster._core.executor.init import InitExecutorContext
+from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._serdes import deserialize_value, serialize_value
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
@@ -60,9 +74,18 @@ from meadow_core import (
     host_class,
     host_from_config,
     host_types,
+    route_logs,
     run_function_sync,
 )
-from meadow_dagster._remote import StepPayload, execute_step
+from meadow_dagster._remote import EVENT_PREFIX, StepPayload, decode_entry, execute_step
+from meadow_dagster.credentials import MeadowCredentials
+
+#: The logger Meadow hands remote output to (see ``meadow_core.route_logs``).
+_REMOTE_LOGGER = "meadow"
+#: A step's output is written to the compute log at least this often (seconds) ...
+_CAPTURE_INTERVAL = 0.5
+#: ... or when this many lines wait, and when the step ends.
+_CAPTURE_BATCH = 500
 
 #: Op tag holding a step's Meadow resources, e.g. ``'{"logical_cpu": 2, "memory_gb": 4}'``.
 RESOURCES_TAG = "meadow/resources"
@@ -72,6 +95,11 @@ _RESOURCE_FIELDS = ("logical_cpu", "memory_gb", "gpus", "gpu_memory", "max_evict
 
 class MeadowDagsterConfigError(DagsterInvariantViolationError):
     """The job cannot run on Meadow as configured; the message names the fix."""
+
+
+class MeadowUnmetRequirementsError(MeadowDagsterConfigError, DagsterUnmetExecutorRequirementsError):
+    """The job breaks a requirement of running steps on other machines; also Dagster's
+    own error type for that, so code catching it for any executor catches this too."""
 
 
 def _host_from_config(config: Mapping[str, Any]) -> Host:
@@ -119,12 +147,36 @@ def _without_credentials(run: Any) -> Any:
 
 
 def host_credentials(
-    host: Host, credentials: Mapping[str, str] | None
+    host: Host, credentials: object | None
 ) -> contextlib.AbstractContextManager[object]:
     """``host.credentials(credentials)``, or nothing when none are configured."""
-    if not credentials:
+    if credentials is None or (isinstance(credentials, Mapping) and not credentials):
         return contextlib.nullcontext()
-    return host.credentials(dict(credentials))
+    if isinstance(credentials, Mapping):
+        return host.credentials(dict(credentials))
+    return host.credentials(credentials)
+
+
+def credentials_from_resource(init_context: InitExecutorContext, key: str) -> object | None:
+    """What the job's ``MeadowCredentials`` resource under ``key`` gives the host, built
+    here (``EnvVar`` values resolved in this process); None if the job has none."""
+    resource_def = init_context.job.get_definition().resource_defs.get(key)
+    if resource_def is None:
+        return None
+    try:
+        with build_resources({key: resource_def}) as resources:
+            value = getattr(resources, key)
+    except DagsterError as exc:
+        raise MeadowDagsterConfigError(
+            f'meadow_executor could not build the credentials resource "{key}": {exc}'
+        ) from exc
+    if not isinstance(value, MeadowCredentials):
+        raise MeadowDagsterConfigError(
+            f'resource "{key}" is a {type(value).__name__}, but meadow_executor takes its '
+            "credentials from a MeadowCredentials resource under that key: use one, or "
+            "set the executor's credentials_resource to another key."
+        )
+    return value.for_host()
 
 
 class MeadowExecutor(Executor):
@@ -139,16 +191,18 @@ class MeadowExecutor(Executor):
         max_concurrent: int,
         timeout_seconds: float | None,
         cancel_check_interval: float = 1.0,
-        credentials: Mapping[str, str] | None = None,
+        credentials: object | None = None,
+        tag_concurrency_limits: list[dict[str, Any]] | None = None,
     ) -> None:
         self.host = host
-        self.credentials = dict(credentials) if credentials else None
+        self.credentials = dict(credentials) if isinstance(credentials, Mapping) else credentials
         self._retries = retries
         self.default_resources = default_resources
         self.environment_variables = dict(environment_variables)
         self.max_concurrent = max_concurrent
         self.timeout_seconds = timeout_seconds
         self.cancel_check_interval = cancel_check_interval
+        self.tag_concurrency_limits = list(tag_concurrency_limits or [])
 
     @property
     def retries(self) -> RetryMode:
@@ -201,14 +255,14 @@ class MeadowExecutor(Executor):
             else None
         )
         instance = plan_context.instance
-        run_id = plan_context.run_id
         yield DagsterEvent.engine_event(
             plan_context,
             f"Executing steps on Meadow host {self.host!r}",
             event_specific_data=EngineEventData(),
         )
-        finished: queue.Queue[tuple[str, str | BaseException]] = queue.Queue()
+        finished: queue.Queue[_Message] = queue.Queue()
         running: dict[str, str] = {}  # step key -> Meadow job id
+        attempts: dict[str, _Attempt] = {}  # Meadow job id -> its step attempt
         stopping = False
         last_cancel_check = time.monotonic()
         with (
@@ -217,6 +271,7 @@ class MeadowExecutor(Executor):
                 execution_plan,
                 retry_mode=self.retries,
                 max_concurrent=self.max_concurrent,
+                tag_concurrency_limits=self.tag_concurrency_limits,
                 instance_concurrency_context=concurrency,
             ) as active,
         ):
@@ -255,16 +310,44 @@ class MeadowExecutor(Executor):
                                 load_data,
                                 finished,
                                 running,
+                                attempts,
                             )
 
                     try:
-                        key, outcome = finished.get(timeout=0.2 if running else 0.01)
+                        message = finished.get(timeout=0.2 if running else 0.01)
                     except queue.Empty:
+                        for waiting in attempts.values():  # output that waits too long
+                            self._capture(plan_context, waiting, None)
                         yield from active.plan_events_iterator(plan_context)
                         continue
-                    running.pop(key, None)
-                    if not stopping:
-                        yield from self._finish(plan_context, active, key, outcome, run_id)
+                    attempt = attempts.get(message.job_id)
+                    if attempt is None:
+                        continue  # a late line of an attempt already finished
+                    if message.kind == "entry":
+                        if message.index == attempt.delivered:  # in order, else at the end
+                            yield from self._write(plan_context, active, attempt, message.entries)
+                        continue
+                    if message.kind == "line":
+                        self._capture(plan_context, attempt, message.line)
+                        continue
+                    del attempts[message.job_id]
+                    self._capture(plan_context, attempt, None, force=True)
+                    key = attempt.step_key
+                    if running.get(key) != message.job_id:
+                        # Its STEP_UP_FOR_RETRY came live and the next attempt already
+                        # runs: this job's last entries go into the run, nothing more.
+                        if isinstance(message.outcome, str):
+                            rest = _entries(message.outcome)[attempt.delivered :]
+                            yield from self._write(plan_context, active, attempt, rest, feed=False)
+                        continue
+                    del running[key]
+                    outcome = message.outcome
+                    if stopping and not isinstance(outcome, str):
+                        # Cancelled by the interrupt: fail it as Dagster's executors do,
+                        # so no step stays "started".
+                        yield from self._interrupted(plan_context, active, key)
+                    else:
+                        yield from self._finish(plan_context, active, attempt, outcome)
                     active.verify_complete(plan_context, key)
                     yield from active.plan_events_iterator(plan_context)
             except BaseException:
@@ -300,8 +383,9 @@ class MeadowExecutor(Executor):
         origin: str,
         run_text: str,
         load_data: str | None,
-        finished: queue.Queue[tuple[str, str | BaseException]],
+        finished: queue.Queue[_Message],
         running: dict[str, str],
+        attempts: dict[str, _Attempt],
     ) -> Iterator[DagsterEvent]:
         known_state = active.get_known_state()
         attempt = known_state.get_retry_state().get_attempt_count(step.key)
@@ -324,10 +408,24 @@ class MeadowExecutor(Executor):
         yield event
         active.handle_event(event)
         running[step.key] = job_id
+        attempts[job_id] = _Attempt(step.key)
+
+        def relay(record: logging.LogRecord) -> None:
+            """A line of the step's output: an event for the run, or output to capture."""
+            line = record.getMessage()
+            decoded = decode_entry(line)
+            if decoded is not None:
+                index, text = decoded
+                entry = deserialize_value(text, EventLogEntry)
+                finished.put(_Message(job_id, "entry", index=index, entries=[entry]))
+            elif not line.startswith(EVENT_PREFIX):
+                finished.put(_Message(job_id, "line", line=line))
+                # Still shown where Meadow shows remote output (not routed again).
+                logging.getLogger(_REMOTE_LOGGER).log(record.levelno, "%s", line)
 
         def run() -> None:
             try:
-                with self._credentials():  # this thread does not inherit the caller's
+                with self._credentials(), route_logs(job_id, relay):
                     result: str = run_function_sync(
                         execute_step,
                         self.host,
@@ -337,32 +435,107 @@ class MeadowExecutor(Executor):
                         job_id=job_id,
                         timeout_seconds=self.timeout_seconds,
                     )
-                finished.put((step.key, result))
+                finished.put(_Message(job_id, "done", outcome=result))
             except BaseException as exc:  # delivered to the executor loop
-                finished.put((step.key, exc))
+                finished.put(_Message(job_id, "done", outcome=exc))
 
         threading.Thread(target=run, name=f"meadow-step-{step.key}", daemon=True).start()
+
+    def _interrupted(
+        self, plan_context: PlanOrchestrationContext, active: ActiveExecution, key: str
+    ) -> Iterator[DagsterEvent]:
+        """The ``STEP_FAILURE`` of a step whose Meadow job the interrupt cancelled."""
+        step_context = plan_context.for_step(active.get_step_by_key(key))
+        try:
+            raise DagsterExecutionInterruptedError(
+                f'step "{key}" was interrupted: its Meadow job was cancelled'
+            )
+        except DagsterExecutionInterruptedError:
+            error = serializable_error_info_from_exc_info(sys.exc_info())
+        failure = DagsterEvent.step_failure_event(
+            step_context,
+            StepFailureData(
+                error=error, user_failure_data=None, error_source=ErrorSource.INTERRUPT
+            ),
+        )
+        active.handle_event(failure)
+        yield failure
+
+    def _write(
+        self,
+        plan_context: PlanOrchestrationContext,
+        active: ActiveExecution,
+        attempt: _Attempt,
+        entries: list[EventLogEntry],
+        feed: bool = True,
+    ) -> list[DagsterEvent]:
+        """Write the attempt's next remote entries into the run and (if ``feed``) give
+        its events to ``ActiveExecution``; a ``LOGS_CAPTURED`` one says where its
+        output goes. Returns the events, for the executor to yield."""
+        events = []
+        for entry in entries:
+            attempt.delivered += 1
+            if entry.run_id != plan_context.run_id:
+                continue
+            event = entry.dagster_event
+            if event is not None and event.event_type_value == "LOGS_CAPTURED":
+                manager = plan_context.instance.compute_log_manager
+                file_key = event.logs_captured_data.file_key
+                attempt.log_key = list(manager.build_log_key_for_run(plan_context.run_id, file_key))
+                self._capture(plan_context, attempt, None, force=True)
+            plan_context.instance.handle_new_event(entry)
+            if event is not None:
+                events.append(event)
+                if feed:
+                    active.handle_event(event)
+        return events
+
+    def _capture(
+        self,
+        plan_context: PlanOrchestrationContext,
+        attempt: _Attempt,
+        line: str | None,
+        force: bool = False,
+    ) -> None:
+        """Append the step's output to Dagster's compute log (what the UI shows as the
+        step's stdout), holding lines until the step's log key is known and writing
+        them in batches (a chatty step must not cost a file open per line)."""
+        if line is not None:
+            attempt.lines.append(line)
+        if attempt.log_key is None or not attempt.lines:
+            return
+        due = time.monotonic() - attempt.written_at > _CAPTURE_INTERVAL
+        if not (force or due or len(attempt.lines) >= _CAPTURE_BATCH):
+            return
+        attempt.written_at = time.monotonic()
+        manager = plan_context.instance.compute_log_manager
+        with (
+            contextlib.suppress(Exception),  # a log that cannot be written fails no step
+            manager.open_log_stream(attempt.log_key, ComputeIOType.STDOUT) as stream,
+        ):
+            text = "".join(f"{line}\n" for line in attempt.lines)
+            # Typed as bytes, but the local manager opens its files in text mode.
+            out: IO[Any] | None = stream
+            if isinstance(out, io.TextIOBase):
+                out.write(text)
+            elif out is not None:
+                out.write(text.encode())
+        attempt.lines.clear()
 
     def _finish(
         self,
         plan_context: PlanOrchestrationContext,
         active: ActiveExecution,
-        key: str,
+        attempt: _Attempt,
         outcome: str | BaseException,
-        run_id: str,
     ) -> Iterator[DagsterEvent]:
-        """Write the remote step's events into the run, or fail the step if it died."""
+        """Write the remote step's events not yet written live into the run, or fail
+        the step if it died (what it wrote live stays)."""
+        key = attempt.step_key
         step_context = plan_context.for_step(active.get_step_by_key(key))
         if isinstance(outcome, str):
-            entries: list[EventLogEntry] = deserialize_value(outcome, list)  # type: ignore[arg-type]
-            for entry in entries:
-                if entry.run_id != run_id or _is_remote_only(entry):
-                    continue
-                plan_context.instance.handle_new_event(entry)
-                event = entry.dagster_event
-                if event is not None:
-                    yield event
-                    active.handle_event(event)
+            rest = _entries(outcome)[attempt.delivered :]
+            yield from self._write(plan_context, active, attempt, rest)
             return
         error = _error_info(outcome)
         yield DagsterEvent.engine_event(
@@ -377,10 +550,33 @@ class MeadowExecutor(Executor):
         yield failure
 
 
-def _is_remote_only(entry: EventLogEntry) -> bool:
-    """Events that point at the remote throwaway instance (its captured-log keys)."""
-    event = entry.dagster_event
-    return event is not None and event.event_type_value == "LOGS_CAPTURED"
+def _entries(outcome: str) -> list[EventLogEntry]:
+    """The event log entries a remote step returned."""
+    entries: list[EventLogEntry] = deserialize_value(outcome, list)  # type: ignore[arg-type]
+    return entries
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One Meadow job (one attempt of a step) as the executor loop sees it."""
+
+    step_key: str
+    delivered: int = 0  # remote entries written into the run so far, in order
+    log_key: list[str] | None = None  # where its output goes in the compute log
+    lines: list[str] = dataclasses.field(default_factory=list)  # output not yet written
+    written_at: float = 0.0  # when output was last written (time.monotonic)
+
+
+@dataclasses.dataclass
+class _Message:
+    """From a step's thread to the loop: an entry seen live, an output line, or the end."""
+
+    job_id: str
+    kind: Literal["entry", "line", "done"]
+    index: int = 0
+    entries: list[EventLogEntry] = dataclasses.field(default_factory=list)
+    line: str = ""
+    outcome: str | BaseException = ""
 
 
 def _error_info(exc: BaseException) -> SerializableErrorInfo:
@@ -450,21 +646,11 @@ def _is_shareable(resource_def: object) -> bool:
 
 
 def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
-    """Everything that can be rejected before the run starts, each naming its fix."""
-    if init_context.instance.is_ephemeral:
-        raise MeadowDagsterConfigError(
-            "meadow_executor needs a persistent DagsterInstance to record the run: set "
-            "$DAGSTER_HOME, or pass instance=DagsterInstance.get() (or "
-            "DagsterInstance.local_temp(dir)) to execute_job."
-        )
-    job = init_context.job
-    if not isinstance(job, ReconstructableJob):
-        raise MeadowDagsterConfigError(
-            f'meadow_executor must be able to load job "{job.get_definition().name}" on '
-            "another machine: run it with execute_job(reconstructable(my_job), ...) or "
-            "from a code location (dagster dev -f / -m), not with a JobDefinition object."
-        )
-    job_def = job.get_definition()
+    """What Meadow needs beyond Dagster's own checks of a multi-process executor (a
+    reconstructable job, a persistent instance, no ``mem_io_manager``: the
+    ``requirements`` below, checked by Dagster before the run): outputs every machine
+    can read."""
+    job_def = init_context.job.get_definition()
     for op_def in job_def.graph.iterate_op_defs():
         for output_def in op_def.output_defs:
             if output_def.dagster_type.is_nothing:
@@ -476,7 +662,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             if _is_shareable(resource_def):
                 continue
             name = type(resource_def).__name__ if resource_def is not None else "none"
-            raise MeadowDagsterConfigError(
+            raise MeadowUnmetRequirementsError(
                 f'output "{output_def.name}" of op "{op_def.name}" uses IO manager "{key}" '
                 f"({name}), which steps on other Meadow machines cannot share. Use "
                 f'resource_defs={{"{key}": meadow_io_manager}} (from meadow_dagster), or list '
@@ -504,6 +690,7 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             description="IO manager keys whose storage every Meadow machine reaches.",
         ),
         "retries": get_retries_config(),
+        "tag_concurrency_limits": get_tag_concurrency_limits_config(),
         "credentials": Field(
             Noneable(Map(str, StringSource)),
             default_value=None,
@@ -511,8 +698,15 @@ def _check_job(init_context: InitExecutorContext, shareable: list[str]) -> None:
             "secret_access_key, session_token, region_name, endpoint_url, profile_name); "
             "each value may come from the environment: {env: NAME}.",
         ),
+        "credentials_resource": Field(
+            str,
+            default_value="meadow_credentials",
+            description="Key of a MeadowCredentials resource of the job to take the "
+            "credentials from instead (built in this process only).",
+        ),
     },
-    requirements=[],
+    # The multiprocess executor's: Dagster checks them before the run, with its own error.
+    requirements=multiple_process_executor_requirements(),
 )
 def meadow_executor(init_context: InitExecutorContext) -> Executor:
     """Run every step of the job on a Meadow host (LocalHost by default, or a cloud's).
@@ -523,7 +717,16 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
     config = init_context.executor_config
     _check_job(init_context, list(config["shareable_io_managers"]))  # type: ignore[call-overload]
     host = _host_from_config(config["host"])  # type: ignore[arg-type]
-    credentials: Mapping[str, str] | None = config["credentials"]  # type: ignore[assignment]
+    credentials: object | None = config["credentials"]
+    key = str(config["credentials_resource"])
+    from_resource = credentials_from_resource(init_context, key)
+    if from_resource is not None:
+        if credentials:
+            raise MeadowDagsterConfigError(
+                f'meadow_executor got credentials both in its config and from resource "{key}": '
+                "keep one of them."
+            )
+        credentials = from_resource
     if credentials and not host.takes_credentials:
         raise MeadowDagsterConfigError(
             f"meadow_executor's credentials need a host that takes them; "
@@ -551,6 +754,7 @@ def meadow_executor(init_context: InitExecutorContext) -> Executor:
         max_concurrent=int(max_concurrent),  # type: ignore[call-overload]
         timeout_seconds=config["timeout_seconds"],  # type: ignore[arg-type]
         credentials=credentials,
+        tag_concurrency_limits=config.get("tag_concurrency_limits"),  # type: ignore[arg-type]
     )
 
 
