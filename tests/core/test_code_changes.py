@@ -20,9 +20,7 @@ from types import ModuleType
 import pytest
 
 from meadow_core import LocalHost, run_function_sync, run_map_sync
-
-#: Written files get an mtime this far back, as code a user wrote a while ago has.
-_AGE_SECONDS = 60
+from meadow_core.agent.code_watch import CLOCK_SLACK_NS
 
 
 @pytest.fixture
@@ -41,10 +39,8 @@ def _inside(module: ModuleType | None, folder: Path) -> bool:
     return bool(file) and Path(file).is_relative_to(folder)
 
 
-def _write(path: Path, source: str, *, age: float = _AGE_SECONDS) -> None:
+def _write(path: Path, source: str) -> None:
     path.write_text(textwrap.dedent(source))
-    then = time.time() - age
-    os.utime(path, (then, then))
 
 
 def _unique(stem: str) -> str:
@@ -58,16 +54,14 @@ def test_an_edited_module_is_seen_by_the_next_job(host: LocalHost, project: Path
     steps = importlib.import_module(name)
     assert run_function_sync(steps.answer, host=host) == "before the edit"
 
-    # A real edit: now, and of another size (so Python's own .pyc check sees it too).
+    # Of another size, so Python's own .pyc check (whole seconds and size) sees it too.
     (project / f"{name}.py").write_text("def answer():\n    return 'after the edit!'\n")
     assert run_function_sync(steps.answer, host=host) == "after the edit!"
     # By dotted name, which the worker imports itself, too.
     assert run_function_sync(f"{name}.answer", host=host) == "after the edit!"
 
 
-def test_an_edited_helper_of_an_unchanged_function_is_seen(
-    host: LocalHost, project: Path
-) -> None:
+def test_an_edited_helper_of_an_unchanged_function_is_seen(host: LocalHost, project: Path) -> None:
     entry, helper = _unique("entry"), _unique("helper")
     _write(project / f"{helper}.py", "def greeting():\n    return 'hello'\n")
     _write(
@@ -113,6 +107,9 @@ def test_a_module_edited_while_a_job_ran_is_not_reused(host: LocalHost, project:
 def test_unchanged_code_keeps_its_warm_worker(host: LocalHost, project: Path) -> None:
     name = _unique("stable")
     _write(project / f"{name}.py", "import os\n\ndef pid():\n    return os.getpid()\n")
+    # Code written a moment before a job imports it might have been edited after the
+    # import without a visible stat change, so its worker is not reused; wait that out.
+    time.sleep(CLOCK_SLACK_NS / 1e9 + 0.1)
     pid = importlib.import_module(name).pid
     first = run_function_sync(pid, host=host)
     assert [run_function_sync(pid, host=host) for _ in range(3)] == [first] * 3
@@ -120,3 +117,32 @@ def test_unchanged_code_keeps_its_warm_worker(host: LocalHost, project: Path) ->
     # Touching another file of the project (outputs, notes) retires nothing.
     (project / "notes.txt").write_text("not code")
     assert run_function_sync(pid, host=host) == first
+
+
+def test_a_module_created_after_a_job_looked_for_it_is_found(
+    host: LocalHost, project: Path
+) -> None:
+    """Python trusts a folder's listing while the folder's mtime is unchanged; a module
+    created within the same timestamp tick as a job's failed import (simulated here by
+    restoring the folder's mtime) must still be found by the next job."""
+    probe, late = _unique("probe"), _unique("late")
+    _write(
+        project / f"{probe}.py",
+        """\
+        import importlib
+
+        def load(name):
+            try:
+                return importlib.import_module(name).VALUE
+            except ModuleNotFoundError:
+                return None
+        """,
+    )
+    time.sleep(CLOCK_SLACK_NS / 1e9 + 0.1)  # an old module, so the worker stays warm
+    load = importlib.import_module(probe).load
+    assert run_function_sync(load, host=host, args=(late,)) is None
+
+    listed = project.stat()
+    _write(project / f"{late}.py", "VALUE = 'found'\n")
+    os.utime(project, ns=(listed.st_atime_ns, listed.st_mtime_ns))
+    assert run_function_sync(load, host=host, args=(late,)) == "found"
