@@ -6,7 +6,7 @@ and reloading a module in place is not what a new process would see (other modul
 references to the old one), so a worker whose imported code changed is retired instead
 of reused. The worker reports each file it imported with the file's stat; before the
 worker takes another job the agent stats those files again. Only the user's code is
-watched: files of the interpreter, its site-packages and Meadow itself come with the
+watched: the standard library, site-packages and Meadow itself come with the
 environment, which has its own key.
 
 A module imported while a job ran may have been edited after the import but before the
@@ -53,13 +53,14 @@ def any_changed(files: Mapping[str, Sequence[int]]) -> bool:
 
 
 def _environment_folders() -> tuple[str, ...]:
-    """Folders whose modules come with the environment, not from the user's code."""
+    """Folders whose modules come with the environment, not from the user's code: the
+    standard library and Meadow (site-packages are recognized by name). Not the whole
+    interpreter prefix: in an image with Python in /usr/local, the user's code may well
+    be under /usr/local too."""
     import meadow_core
 
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    folders = {os.path.realpath(p) for p in prefixes}
-    folders.add(os.path.realpath(os.path.dirname(meadow_core.__file__)))
-    return tuple(folder.rstrip(os.sep) + os.sep for folder in folders)
+    folders = {os.path.dirname(os.__file__), os.path.dirname(meadow_core.__file__)}
+    return tuple(os.path.realpath(folder).rstrip(os.sep) + os.sep for folder in folders)
 
 
 class _ImportSeen:
