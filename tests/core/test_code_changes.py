@@ -43,6 +43,13 @@ def _write(path: Path, source: str) -> None:
     path.write_text(textwrap.dedent(source))
 
 
+def _let_settle() -> None:
+    """Let written code age past the window in which a worker cannot tell an edit made
+    after its import from none (it retires such a worker anyway), as code a user wrote
+    before starting a pipeline has: what follows then tests the comparison of files."""
+    time.sleep(CLOCK_SLACK_NS / 1e9 + 0.1)
+
+
 def _unique(stem: str) -> str:
     """A module name no other test's warm worker has imported."""
     return f"{stem}_{uuid.uuid4().hex[:8]}"
@@ -51,6 +58,7 @@ def _unique(stem: str) -> str:
 def test_an_edited_module_is_seen_by_the_next_job(host: LocalHost, project: Path) -> None:
     name = _unique("steps")
     _write(project / f"{name}.py", "def answer():\n    return 'before the edit'\n")
+    _let_settle()
     steps = importlib.import_module(name)
     assert run_function_sync(steps.answer, host=host) == "before the edit"
 
@@ -73,6 +81,7 @@ def test_an_edited_helper_of_an_unchanged_function_is_seen(host: LocalHost, proj
             return {helper}.greeting() + ', ' + who
         """,
     )
+    _let_settle()
     greet = importlib.import_module(entry).greet
     assert run_map_sync(greet, ["ada", "bob"], host=host) == ["hello, ada", "hello, bob"]
 
@@ -99,6 +108,7 @@ def test_a_module_edited_while_a_job_ran_is_not_reused(host: LocalHost, project:
             return version()
         """,
     )
+    _let_settle()
     module = importlib.import_module(name)
     assert run_function_sync(module.edit_myself, host=host) == 1
     assert run_function_sync(module.version, host=host) == 22
@@ -107,9 +117,7 @@ def test_a_module_edited_while_a_job_ran_is_not_reused(host: LocalHost, project:
 def test_unchanged_code_keeps_its_warm_worker(host: LocalHost, project: Path) -> None:
     name = _unique("stable")
     _write(project / f"{name}.py", "import os\n\ndef pid():\n    return os.getpid()\n")
-    # Code written a moment before a job imports it might have been edited after the
-    # import without a visible stat change, so its worker is not reused; wait that out.
-    time.sleep(CLOCK_SLACK_NS / 1e9 + 0.1)
+    _let_settle()
     pid = importlib.import_module(name).pid
     first = run_function_sync(pid, host=host)
     assert [run_function_sync(pid, host=host) for _ in range(3)] == [first] * 3
@@ -138,7 +146,7 @@ def test_a_module_created_after_a_job_looked_for_it_is_found(
                 return None
         """,
     )
-    time.sleep(CLOCK_SLACK_NS / 1e9 + 0.1)  # an old module, so the worker stays warm
+    _let_settle()  # so the worker stays warm
     load = importlib.import_module(probe).load
     assert run_function_sync(load, host=host, args=(late,)) is None
 
