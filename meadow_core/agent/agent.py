@@ -494,16 +494,25 @@ class Agent:
             logs=True,
         )
 
-    async def _acquire_worker(self, environment: Environment) -> Worker:
+    async def _acquire_worker(self, environment: Environment, message: TaskMessage) -> Worker:
+        """A warm worker of the environment whose code is current, else a new one."""
         pool = self.idle_workers.get(environment.key, [])
         while pool:
             worker = pool.pop()
-            if worker.alive:
+            if worker.alive and not worker.code_changed(message.job_id, message.attempt):
                 return worker
             self.all_workers.discard(worker)
+            if worker.alive:  # it holds modules older than the files: never reused
+                log.debug("retiring worker %d: code it imported changed on disk", worker.pid)
+                self._spawn(worker.stop(grace=0))
         runnable = await self._with_code(environment)
+        # Code run in place may change between jobs; a snapshot's or an image's cannot.
+        in_place = environment.code_manifest is None and environment.container_image is None
         worker = await Worker.start(
-            runnable, str(self.place.scratch_dir), str(self.place.spill_dir)
+            runnable,
+            str(self.place.scratch_dir),
+            str(self.place.spill_dir),
+            watch_code=in_place,
         )
         worker.environment = environment  # pooled under the job's own environment key
         self.all_workers.add(worker)
@@ -569,7 +578,7 @@ class Agent:
     async def _run_function(self, running: _Running) -> None:
         """Give a started task to a warm worker; the worker's driver follows it."""
         try:
-            worker = await self._acquire_worker(running.spec.environment)
+            worker = await self._acquire_worker(running.spec.environment, running.message)
         except Exception as exc:
             self._complete(
                 running, protocol.CRASHED, error=[ErrorKind.WORKER_START_FAILED, str(exc), ""]
@@ -679,6 +688,7 @@ class Agent:
                 self._release_worker(worker)
                 self._complete_crash(running, describe_exit(returncode))
                 return
+            worker.note_code(reply)
             assert running.output_done is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(running.output_done.wait(), timeout=5)

@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 
 from meadow_core import protocol
+from meadow_core.agent.code_watch import any_changed
 from meadow_core.agent.worker import END_MARKER, SPILL_DIR_VARIABLE, WORKER_TOKEN_VARIABLE
 from meadow_core.protocol import Environment, TaskMessage
 from meadow_core.task_context import (
@@ -336,6 +337,14 @@ class Worker:
         #: sampling and kills reach it directly, not through the docker CLI).
         self.container = container
         self.container_pid = container_pid
+        #: The user's files the worker imported and their fingerprints then, for a
+        #: worker that runs code in place (``watches_code``); ``code_unknown`` if one
+        #: may have changed after its import.
+        self.watches_code = False
+        self.code_files: dict[str, list[int]] = {}
+        self.code_unknown = False
+        #: The (job, attempt) the worker's code was last found current for.
+        self.code_current_for: tuple[str, int] | None = None
 
     @property
     def pid(self) -> int:
@@ -343,15 +352,23 @@ class Worker:
 
     @classmethod
     async def start(
-        cls, environment: Environment, scratch: str, spill_dir: str | None = None
+        cls,
+        environment: Environment,
+        scratch: str,
+        spill_dir: str | None = None,
+        *,
+        watch_code: bool = False,
     ) -> Worker:
-        """``spill_dir``: where the worker pickles large results (see ``worker.py``);
-        not for containers, whose user may not write the agent's folders."""
+        """A ready worker. ``spill_dir``: where it pickles large results (see
+        ``worker.py``); not for containers, whose user may not write the agent's folders.
+        With ``watch_code`` (code run in place, not in a container) it reports the user's
+        files it imports, for ``code_changed``."""
         if environment.container_image is not None:
             return await cls._start_in_container(environment, scratch)
         env = process_environment(environment)
         if spill_dir is not None:
             env[SPILL_DIR_VARIABLE] = spill_dir
+        watch = ["--watch-code", str(time.time_ns())] if watch_code else []
         agent_end, worker_end = socket.socketpair()
         try:
             cwd = environment.working_directory
@@ -362,6 +379,7 @@ class Worker:
                 "-m",
                 "meadow_core.agent.worker",
                 str(worker_end.fileno()),
+                *watch,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -385,6 +403,8 @@ class Worker:
         if hello.get("op") != "ready":
             await worker.kill()
             raise RuntimeError(f"unexpected first message from worker: {hello!r}")
+        worker.watches_code = watch_code
+        worker.note_code(hello)
         return worker
 
     @classmethod
@@ -495,6 +515,26 @@ class Worker:
         header = await self.reader.readexactly(protocol.frame_header_size())
         body = await self.reader.readexactly(protocol.frame_length(header))
         return protocol.unpack(body)
+
+    def note_code(self, message: dict[str, Any]) -> None:
+        """Record the files a ``ready`` or ``done`` message says the worker imported."""
+        for path, stat in (message.get("code") or {}).items():
+            if stat is None:
+                self.code_unknown = True
+            else:
+                self.code_files[path] = stat
+
+    def code_changed(self, job_id: str, attempt: int) -> bool:
+        """True if code the worker imported changed on disk since (or may have): the task
+        must get a new process. Checked once per worker for each job's attempt number
+        (a stat per file), so a map's tasks do not pay it again and again, while a
+        retry sees a fix made after the failure."""
+        if not self.watches_code or self.code_current_for == (job_id, attempt):
+            return False
+        if self.code_unknown or any_changed(self.code_files):
+            return True
+        self.code_current_for = (job_id, attempt)
+        return False
 
     def remember_function(self, key: str) -> bool:
         """Record that the worker now holds ``key``; True if it already did."""

@@ -4,7 +4,9 @@ Started by the agent as ``python -m meadow_core.agent.worker FD``, FD being a so
 the agent (in a container: ``unix:PATH``, a socket the agent listens on) that carries
 framed protocol messages; stdout and stderr are a pipe the agent reads as the running
 task's log. After each task the worker flushes both streams and writes an end marker
-line, so the agent knows the task's output is complete.
+line, so the agent knows the task's output is complete. Given ``--watch-code`` (code run
+in place), its ``ready`` and ``done`` messages name the user's files it imported, so the
+agent can retire it once one changes (``code_watch``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import cloudpickle
 
 from meadow_core import protocol
+from meadow_core.agent.code_watch import ImportedCode
 from meadow_core.task_context import STORE_VARIABLE, TaskContext, set_current_task
 
 END_MARKER = b"\x1eMEADOW-END "
@@ -123,8 +126,11 @@ def describe_exception(exc: BaseException) -> list[str]:
 
 
 class _Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, code: ImportedCode | None = None) -> None:
         self.sock = sock
+        #: The user's files this worker imported, reported to the agent, which retires
+        #: the worker when one changes (None: code that cannot change, a snapshot).
+        self.code = code
         self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         # Functions whose bytes did not load (a module missing here, say): the agent
         # sends the bytes once, so the tasks queued behind get the same error.
@@ -215,6 +221,12 @@ class _Worker:
             ]
         return reply
 
+    def _report_code(self, message: dict[str, Any]) -> None:
+        assert self.code is not None
+        found = self.code.report()
+        if found:
+            message["code"] = found
+
     def serve(self) -> None:
         try:
             self._serve()
@@ -226,6 +238,8 @@ class _Worker:
         token = os.environ.pop(WORKER_TOKEN_VARIABLE, None)  # tasks need not see it
         if token is not None:
             ready["token"] = token
+        if self.code is not None:
+            self._report_code(ready)
         self.send(ready)
         while True:
             try:
@@ -234,8 +248,12 @@ class _Worker:
                 return
             if message["op"] == "exit":
                 return
+            if self.code is not None:
+                self.code.forget_listings()
             reply = self.run(message)
             end_leftovers()
+            if self.code is not None:
+                self._report_code(reply)
             sys.stdout.flush()
             sys.stderr.flush()
             # The end marker goes through the same pipe as the task's output, after it.
@@ -320,6 +338,8 @@ def _connect(argument: str) -> socket.socket:
 
 
 def main() -> None:
+    """``worker FD [--watch-code SINCE_NS]``: with ``--watch-code`` the worker reports
+    the user's files it imports (code run in place, which may change on disk)."""
     in_container = sys.argv[1].startswith("unix:")
     if in_container:
         # docker carries stdout and stderr as two streams that may reorder; one
@@ -334,7 +354,10 @@ def main() -> None:
     sock = _connect(sys.argv[1])
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    _Worker(sock).serve()
+    code = None
+    if sys.argv[2:3] == ["--watch-code"]:
+        code = ImportedCode(since_ns=int(sys.argv[3]))
+    _Worker(sock, code).serve()
 
 
 if __name__ == "__main__":
