@@ -45,6 +45,7 @@ from meadow_core import (
     TaskResult,
     cancel_job_sync,
     deterministic_job_id,
+    host_to_config,
     route_logs,
     run_function_sync,
     run_map_as_completed_sync,
@@ -333,13 +334,18 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         )
 
     def __eq__(self, other: object) -> bool:
+        """Runners that would run tasks alike: same settings, hosts with the same
+        configuration (a host rebuilt from config is a new object), same pool size."""
         return (
             isinstance(other, MeadowTaskRunner)
-            and self.host is other.host
+            and _same_host(self.host, other.host)
+            and self._max_workers == other._max_workers
             and self.resources == other.resources
             and self.deployment == other.deployment
             and self.timeout_seconds == other.timeout_seconds
-            and self.credentials is other.credentials
+            and self.forward_api_url == other.forward_api_url
+            and self.nested == other.nested
+            and self.credentials == other.credentials
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -540,6 +546,17 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
                 )
         finally:
             self._active_jobs.discard(job_id)
+
+
+def _same_host(one: Host | None, other: Host | None) -> bool:
+    if one is other:
+        return True
+    if one is None or other is None:
+        return False
+    try:
+        return host_to_config(one) == host_to_config(other)
+    except Exception:  # a host that cannot be described as config: only itself
+        return False
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
