@@ -12,6 +12,7 @@ MeadowTaskRunner: issue 17's Prefect items.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,36 @@ def current_tags(x: int = 0) -> set[str]:
 @task
 async def current_tags_async(x: int = 0) -> set[str]:
     return set(TagsContext.get().current_tags)
+
+
+# -- what the conformance tests leave out --------------------------------------------------
+
+
+def test_a_runner_that_is_not_started_refuses_work(host: LocalHost) -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        MeadowTaskRunner(host=host).submit(current_tags, {})
+
+
+def test_futures_as_parameters_and_submit_does_not_block(host: LocalHost) -> None:
+    @task
+    def slow_add(x: int, y: int) -> int:
+        import time
+
+        time.sleep(0.5)
+        return x + y
+
+    @flow(task_runner=MeadowTaskRunner(host=host))
+    def chained() -> tuple[float, tuple[int, int, int]]:
+        started = time.monotonic()
+        a = slow_add.submit(1, 2)
+        b = slow_add.submit(3, 4, wait_for=[a])
+        c = slow_add.submit(a, b)  # futures as parameters resolve to their results
+        submitting = time.monotonic() - started
+        return submitting, (a.result(), b.result(), c.result())
+
+    submitting, results = chained()
+    assert results == (3, 7, 10)
+    assert submitting < 0.5, "submit() waited for its upstream tasks"
 
 
 # -- item 3: the task's own exception -----------------------------------------------------
