@@ -5,9 +5,12 @@ thread per task run exactly as with ``ThreadPoolTaskRunner``, so task run states
 retries, caching, result persistence and events are all produced locally and never
 depend on the remote machine reaching the Prefect API. Only the call of the task's
 function crosses to Meadow (``run_function``; a ``.map`` is batched into one
-``run_map`` job). Remote output is relayed into the task run's Prefect logger; a dead
-worker, agent or machine becomes ``Crashed``, a cancelled job ``Cancelled``, a remote
-exception or a timeout ``Failed`` with the remote traceback.
+``run_map`` job). The body runs in its task run's context rebuilt on the remote side
+(``get_run_logger()``, tags, ``prefect.runtime.task_run``); remote output, Prefect log
+records and events are relayed into the task run. A dead worker, agent or machine, or a
+``KeyboardInterrupt``, becomes ``Crashed``, a cancelled job ``Cancelled``; the task's
+own exception, or a timeout, ``Failed``, and ``.result()`` raises the task's own
+exception with Meadow's (and the remote traceback) as its cause.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import contextvars
 import copy
 import dataclasses
 import functools
-import inspect
 import threading
 import time
 import uuid
@@ -27,13 +29,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cloudpickle
-from prefect.context import TaskRunContext, serialize_context
+from prefect.context import TagsContext, TaskRunContext, serialize_context
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
 from prefect.logging import get_run_logger
 from prefect.settings import get_current_settings
-from prefect.states import Cancelled, Crashed, State
+from prefect.states import Cancelled, Crashed, State, exception_to_crashed_state
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from meadow_core import (
     AgentUnavailableError,
@@ -44,13 +47,15 @@ from meadow_core import (
     TaskException,
     TaskResult,
     cancel_job_sync,
+    default_host,
     deterministic_job_id,
+    host_to_config,
     route_logs,
     run_function_sync,
     run_map_as_completed_sync,
 )
 from meadow_prefect import _remote
-from meadow_prefect._logs import into_task_runs, show_meadow_logs
+from meadow_prefect._logs import TaskRunSink, into_task_runs, show_meadow_logs
 
 # The trampolines travel by value: a built environment on the remote side has Meadow's
 # runtime but not meadow_prefect.
@@ -152,7 +157,8 @@ class _Pending:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     task_run_id: uuid.UUID
-    logger: Any
+    sink: TaskRunSink
+    run_info: _RunInfo | None
     future: concurrent.futures.Future[Any] = dataclasses.field(
         default_factory=concurrent.futures.Future
     )
@@ -241,12 +247,17 @@ class _MapBatch:
             runner._job_of_task_run[pending.task_run_id] = job_id
         runner._active_jobs.add(job_id)
         delivered: set[int] = set()
-        loggers = {index: pending.logger for index, pending in enumerate(wave)}
+        sinks = {index: pending.sink for index, pending in enumerate(wave)}
+        # The task goes once per job, each element's own run context with its arguments.
+        task = wave[0].run_info.task if wave[0].run_info is not None else None
+        items = [
+            (p.args, p.kwargs, p.run_info.context if p.run_info is not None else None) for p in wave
+        ]
         try:
-            with runner._credentials(), route_logs(job_id, into_task_runs(loggers)):
+            with runner._credentials(), route_logs(job_id, into_task_runs(sinks)):
                 results: Iterable[TaskResult[Any]] = run_map_as_completed_sync(
-                    functools.partial(_remote.apply, self.fn),
-                    [(p.args, p.kwargs) for p in wave],
+                    functools.partial(_remote.apply, task, self.fn),
+                    items,
                     runner.host,
                     self.options.resources or runner.resources,
                     runner._deployment(),
@@ -333,13 +344,18 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         )
 
     def __eq__(self, other: object) -> bool:
+        """Runners that would run tasks alike: same settings, hosts with the same
+        configuration (a host rebuilt from config is a new object), same pool size."""
         return (
             isinstance(other, MeadowTaskRunner)
-            and self.host is other.host
+            and _same_host(self.host, other.host)
+            and self._max_workers == other._max_workers
             and self.resources == other.resources
             and self.deployment == other.deployment
             and self.timeout_seconds == other.timeout_seconds
-            and self.credentials is other.credentials
+            and self.forward_api_url == other.forward_api_url
+            and self.nested == other.nested
+            and self.credentials == other.credentials
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -488,25 +504,47 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         if context is None or context.task_run is None:
             raise RuntimeError("MeadowTaskRunner called its task outside a Prefect task run")
         task_run = context.task_run
-        logger = get_run_logger(context)
+        sink = TaskRunSink(get_run_logger(context), contextvars.copy_context())
         show_meadow_logs()
+        run_info: _RunInfo | None = None
         if self.nested:
             args = (serialize_context(), fn, *args)
             fn = _remote.call_in_context
+        else:
+            run_info = _run_info(context, fn)
         try:
             # First attempts of map elements share one run_map job; retries (and calls
             # carrying a nested flow context) go alone.
             batched = batch is not None and index is not None and not self.nested
             if batched and task_run.run_count <= 1:
                 assert batch is not None and index is not None
-                return batch.call(index, _Pending(args, kwargs, task_run.id, logger))
+                pending = _Pending(args, kwargs, task_run.id, sink, run_info)
+                return batch.call(index, pending)
             return self._run_single(
-                fn, options, task_run.id, task_run.run_count, logger, args, kwargs
+                fn, options, task_run.id, task_run.run_count, sink, run_info, args, kwargs
             )
         except TaskException as exc:
-            return _state_for(exc)
+            return _state_for(exc, self._kept_exception(exc))
         except AgentUnavailableError as exc:
             return Crashed(message=f"Meadow lost its agent: {exc}", data=exc)
+
+    def _kept_exception(self, exc: TaskException) -> BaseException | None:
+        """The exception the task's code raised, as the remote side kept it (pickled in
+        the host's object store); ``None`` for Meadow's own failures, or when it could
+        not be kept or read."""
+        if exc.kind is not None or exc.job_id is None or exc.attempt is None:
+            return None
+        key = _remote.exception_key(exc.job_id, exc.task_id or 0, exc.attempt)
+        try:
+            with self._credentials():
+                store = (self.host or default_host()).object_store()
+                blob = store.get(key)
+                with contextlib.suppress(Exception):
+                    store.delete_keys([key])
+            kept = cloudpickle.loads(blob)
+        except Exception:
+            return None
+        return kept if isinstance(kept, BaseException) else None
 
     def _run_single(
         self,
@@ -514,7 +552,8 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         options: _Options,
         task_run_id: uuid.UUID,
         run_count: int,
-        logger: Any,
+        sink: TaskRunSink,
+        run_info: _RunInfo | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
@@ -524,10 +563,12 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
         self._active_jobs.add(job_id)
         self._job_of_task_run[task_run_id] = job_id
         try:
-            target = (
-                fn if callable(fn) and not _is_async(fn) else functools.partial(_remote.call, fn)
-            )
-            with self._credentials(), route_logs(job_id, logger):
+            if self.nested:
+                target: Callable[..., Any] = fn
+            else:
+                assert run_info is not None
+                target = functools.partial(_remote.run, run_info.task, run_info.context, fn)
+            with self._credentials(), route_logs(job_id, into_task_runs({0: sink})):
                 return run_function_sync(
                     target,
                     self.host,
@@ -542,16 +583,57 @@ class MeadowTaskRunner(ThreadPoolTaskRunner[Any]):
             self._active_jobs.discard(job_id)
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or isinstance(fn, functools.partial)
+def _same_host(one: Host | None, other: Host | None) -> bool:
+    if one is other:
+        return True
+    if one is None or other is None:
+        return False
+    try:
+        return host_to_config(one) == host_to_config(other)
+    except Exception:  # a host that cannot be described as config: only itself
+        return False
 
 
-def _state_for(exc: TaskException) -> State[Any]:
+@dataclasses.dataclass(frozen=True)
+class _RunInfo:
+    """What the remote side needs to give the body its task run's context, pickled
+    here so that an environment without Prefect can still load the call (and make it
+    without a context): the task (carrying the user's function) and the rest."""
+
+    task: bytes
+    context: bytes
+
+
+def _run_info(context: TaskRunContext, fn: Callable[..., Any]) -> _RunInfo:
+    """The task run context (parameters are rebuilt there from the call) and the tags
+    in force. No flow run context: that needs the flow, its task runner and the API
+    (``nested=True``)."""
+    task = copy.copy(context.task)
+    task.fn = fn
+    serialized = context.serialize()
+    serialized.pop("task", None)
+    serialized["parameters"] = {}
+    remote_context = {
+        "context": {"task_run_context": serialized, "tags_context": TagsContext.get().serialize()},
+        "task_run_id": str(context.task_run.id),
+    }
+    return _RunInfo(task=cloudpickle.dumps(task), context=cloudpickle.dumps(remote_context))
+
+
+#: Exceptions that end a task run ``Crashed`` under Prefect's own runners, not ``Failed``.
+_CRASHING = {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}
+
+
+def _state_for(exc: TaskException, original: BaseException | None = None) -> State[Any]:
     """A task whose worker, agent or machine died is ``Crashed``, a cancelled job
-    ``Cancelled``; else re-raise, so Prefect fails the task run (and retries it).
+    ``Cancelled``; else raise, so Prefect fails the task run (and retries it).
 
-    A timeout is re-raised too: Prefect's own timeouts fail a task run, they do not
-    crash it.
+    What is raised is the task's own exception (``original``, as the remote side kept
+    it), with Meadow's ``TaskException`` and its remote traceback as its ``__cause__``,
+    as Prefect's own runners raise the task's exception; Meadow's exception when the
+    original could not be kept. A ``KeyboardInterrupt`` or ``SystemExit`` in the task
+    crashes it, as under Prefect's own runners. A timeout is raised too: Prefect's own
+    timeouts fail a task run, they do not crash it.
     """
     if exc.outcome == Outcome.CANCELLED:
         return Cancelled(message=f"Meadow job {exc.job_id} was cancelled", data=exc)
@@ -559,4 +641,10 @@ def _state_for(exc: TaskException) -> State[Any]:
         return Crashed(
             message=f"Meadow worker crashed: {exc.remote_type}: {exc.remote_message}", data=exc
         )
+    if exc.kind is None and exc.remote_type in _CRASHING:
+        interrupt = original if original is not None else _CRASHING[exc.remote_type]()
+        state: State[Any] = run_coro_as_sync(exception_to_crashed_state(interrupt))
+        return state
+    if isinstance(original, Exception):
+        raise original from exc
     raise exc
