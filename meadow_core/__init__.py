@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         RunMapTasksFailedException,
         TaskException,
         TaskResult,
+        TaskState,
     )
     from meadow_core.secrets import AwsSecret, AzureSecret, EnvironmentSecret, FileSecret, Secret
     from meadow_core.task_context import TaskContext, current_task
@@ -120,6 +121,7 @@ __all__ = [
     "TaskContext",
     "TaskException",
     "TaskResult",
+    "TaskState",
     "UnsatisfiableResourcesError",
     "UvProjectPath",
     "cancel_job",
@@ -222,6 +224,7 @@ _SOURCES = {
         "RunMapTasksFailedException",
         "TaskException",
         "TaskResult",
+        "TaskState",
     ],
     "meadow_core.secrets": [
         "AwsSecret",
