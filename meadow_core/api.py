@@ -159,7 +159,12 @@ async def _environment(prepared: _Prepared, objects: Objects) -> Environment:
         environment.env_spec = spec.key
     code = deployment.code
     snapshot, sources = await asyncio.to_thread(
-        build_snapshot, code.roots, code.extensions, code.globs, code.working_directory
+        build_snapshot,
+        code.roots,
+        code.extensions,
+        code.globs,
+        code.working_directory,
+        code.path_subdirs,
     )
     objects.update(sources.objects())
     objects[snapshot.key] = snapshot.manifest()
