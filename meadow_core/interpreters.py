@@ -352,7 +352,8 @@ class PoetryProjectPath(InterpreterSpecFile):
 class LocalPipInterpreter(LocalInterpreter):
     """A local interpreter (plain install or virtualenv) rebuilt from what it has
     installed (``uv pip freeze``, which needs no pip in it); editable installs are left
-    out (they travel as code)."""
+    out (they travel as code). The environment is that interpreter's Python version
+    (asked of it), not the caller's; ``python_version``, if given, must agree with it."""
 
     path_to_interpreter: str
     python_version: str | None = None
@@ -364,6 +365,7 @@ class LocalPipInterpreter(LocalInterpreter):
             raise InvalidRequestError(
                 f"LocalPipInterpreter: {self.path_to_interpreter!r} does not exist"
             )
+        version = self._python_version()
         try:
             frozen = subprocess.run(
                 [
@@ -384,15 +386,42 @@ class LocalPipInterpreter(LocalInterpreter):
             raise InvalidRequestError(
                 f"could not list the packages of {self.path_to_interpreter!r}: {detail}"
             ) from exc
-        spec = EnvironmentSpec(
-            "requirements",
-            frozen,
-            None,
-            python_version_of(self.python_version),
-            target_platform(),
-            packages,
-        )
+        spec = EnvironmentSpec("requirements", frozen, None, version, target_platform(), packages)
         return check_resolvable(spec, f"the packages of {self.path_to_interpreter}")
+
+    def _python_version(self) -> str:
+        """The interpreter's own major.minor, checked like any requested version."""
+        try:
+            actual = subprocess.run(
+                [
+                    self.path_to_interpreter,
+                    "-c",
+                    "import sys; print(*sys.version_info[:3], sep='.')",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            raise InvalidRequestError(
+                f"LocalPipInterpreter: cannot run {self.path_to_interpreter!r} to ask its "
+                f"Python version: {detail}"
+            ) from exc
+        minor = ".".join(actual.split(".")[:2])
+        if self.python_version and ".".join(self.python_version.split(".")[:2]) != minor:
+            raise InvalidRequestError(
+                f"LocalPipInterpreter: python_version {self.python_version!r} is not the "
+                f"version of {self.path_to_interpreter!r}, which is Python {actual}; leave "
+                "python_version out"
+            )
+        try:
+            return python_version_of(self.python_version or actual)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(
+                f"LocalPipInterpreter({self.path_to_interpreter!r}) is Python {actual}: {exc}"
+            ) from exc
 
 
 _CONDA_INSTEAD = (
