@@ -24,6 +24,7 @@ from meadow_core.interpreters import (
     MEADOW_INTERPRETER,
     EnvironmentSpec,
     InterpreterSpec,
+    LocalCurrentInterpreter,
     LocalInterpreter,
     PreinstalledInterpreter,
 )
@@ -83,6 +84,8 @@ class Deployment:
         relative to the working directory, which the task runs in.
         """
         environment: EnvironmentSpec | None = None
+        if isinstance(interpreter, LocalCurrentInterpreter) and not interpreter.additional_software:
+            interpreter = None  # what mirror_local does by default, as on Meadowrun
         if interpreter is not None:
             if not isinstance(interpreter, InterpreterSpec):
                 raise NotImplementedError(
