@@ -14,6 +14,7 @@ from meadow_core import (
     LocalHost,
     Resources,
     TaskResult,
+    get_job,
     list_jobs,
     run_command,
     run_function,
@@ -103,3 +104,26 @@ def test_map_as_completed_with_retries_reports_the_last_attempt(host: LocalHost)
         assert result.exception is not None
         assert result.attempt == 3
         assert result.state == "PYTHON_EXCEPTION"
+
+
+def test_an_awaited_map_that_is_closed_unread_is_cancelled(host: LocalHost) -> None:
+    """Awaiting submits; giving the results up (``aclose``) cancels the job, as
+    stopping an ``async for`` early does."""
+
+    def slow(x: int) -> int:
+        import time
+
+        time.sleep(30)
+        return x
+
+    async def main() -> str:
+        results = await run_map_as_completed(slow, [1, 2], host, job_id="compat-abandoned")
+        await results.aclose()
+        for _ in range(100):
+            state = (await get_job("compat-abandoned", host)).state
+            if state != "running" and state != "queued":
+                return state
+            await asyncio.sleep(0.1)
+        return state
+
+    assert asyncio.run(main()) == "cancelled"
