@@ -22,6 +22,7 @@ from meadow_core import (
     run_function,
     run_map,
     run_map_as_completed,
+    run_map_sync,
 )
 
 PREINSTALLED = Deployment.preinstalled_interpreter("MEADOW_INTERPRETER")
@@ -146,3 +147,19 @@ def test_result_that_cannot_be_unpickled_here(host: LocalHost, test_repo: GitRep
         )
     assert len(info.value.failed_tasks) == 4
     assert all(t.state == "RESULT_CANNOT_BE_UNPICKLED" for t in info.value.failed_tasks)
+
+
+def test_waiting_on_a_map_later_still_names_the_failed_args(host: LocalHost) -> None:
+    """A map submitted without waiting, then waited on: the args come from the store."""
+
+    def fail_on_b(x: str) -> str:
+        if x == "b":
+            raise ValueError(x)
+        return x
+
+    handle = run_map_sync(fail_on_b, ["a", "b", "c"], host, wait_for_result=False)
+    assert handle is not None
+    with pytest.raises(RunMapTasksFailedException) as info:
+        handle.wait_sync()
+    assert info.value.failed_task_args == ["b"]
+    assert "with arg ('b')" in str(info.value)
