@@ -36,6 +36,11 @@ if TYPE_CHECKING:
         wait_for_job_sync,
     )
     from meadow_core.clouds.aws.host import AllocEC2Instance
+    from meadow_core.container_interpreters import (
+        ContainerAtDigestInterpreter,
+        ContainerInterpreter,
+        ContainerInterpreterBase,
+    )
     from meadow_core.deployment import Deployment
     from meadow_core.errors import (
         AgentUnavailableError,
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
         SerializationError,
         UnsatisfiableResourcesError,
     )
+    from meadow_core.fleet.vmhost import AllocVM
     from meadow_core.hosts import Host, LocalHost
     from meadow_core.hosts.config import (
         HostConfigError,
@@ -62,14 +68,17 @@ if TYPE_CHECKING:
         CondaEnvironmentFile,
         InterpreterSpecFile,
         LocalCondaInterpreter,
+        LocalCurrentInterpreter,
         LocalInterpreter,
         LocalPipInterpreter,
         PipRequirementsFile,
+        PipRequirementsString,
         PoetryProjectPath,
         PreinstalledInterpreter,
         UvProjectPath,
     )
     from meadow_core.logs import route_logs
+    from meadow_core.machine_cache import MACHINE_CACHE_FOLDER
     from meadow_core.protocol import ErrorKind, JobRecord, JobState, Outcome, RemoteError
     from meadow_core.resources import Resources
     from meadow_core.results import (
@@ -77,17 +86,23 @@ if TYPE_CHECKING:
         RunMapTasksFailedException,
         TaskException,
         TaskResult,
+        TaskState,
     )
     from meadow_core.secrets import AwsSecret, AzureSecret, EnvironmentSecret, FileSecret, Secret
     from meadow_core.task_context import TaskContext, current_task
 
 __all__ = [
+    "MACHINE_CACHE_FOLDER",
     "MEADOW_INTERPRETER",
     "AgentUnavailableError",
     "AllocEC2Instance",
+    "AllocVM",
     "AwsSecret",
     "AzureSecret",
     "CondaEnvironmentFile",
+    "ContainerAtDigestInterpreter",
+    "ContainerInterpreter",
+    "ContainerInterpreterBase",
     "Deployment",
     "EnvironmentSecret",
     "ErrorKind",
@@ -104,12 +119,14 @@ __all__ = [
     "JobRecord",
     "JobState",
     "LocalCondaInterpreter",
+    "LocalCurrentInterpreter",
     "LocalHost",
     "LocalInterpreter",
     "LocalPipInterpreter",
     "MeadowError",
     "Outcome",
     "PipRequirementsFile",
+    "PipRequirementsString",
     "PoetryProjectPath",
     "PreinstalledInterpreter",
     "RemoteError",
@@ -120,6 +137,7 @@ __all__ = [
     "TaskContext",
     "TaskException",
     "TaskResult",
+    "TaskState",
     "UnsatisfiableResourcesError",
     "UvProjectPath",
     "cancel_job",
@@ -181,6 +199,11 @@ _SOURCES = {
         "wait_for_job_sync",
     ],
     "meadow_core.clouds.aws.host": ["AllocEC2Instance"],
+    "meadow_core.container_interpreters": [
+        "ContainerAtDigestInterpreter",
+        "ContainerInterpreter",
+        "ContainerInterpreterBase",
+    ],
     "meadow_core.deployment": ["Deployment"],
     "meadow_core.errors": [
         "AgentUnavailableError",
@@ -191,6 +214,7 @@ _SOURCES = {
         "SerializationError",
         "UnsatisfiableResourcesError",
     ],
+    "meadow_core.fleet.vmhost": ["AllocVM"],
     "meadow_core.hosts": ["Host", "LocalHost"],
     "meadow_core.hosts.config": [
         "HostConfigError",
@@ -207,14 +231,17 @@ _SOURCES = {
         "CondaEnvironmentFile",
         "InterpreterSpecFile",
         "LocalCondaInterpreter",
+        "LocalCurrentInterpreter",
         "LocalInterpreter",
         "LocalPipInterpreter",
         "PipRequirementsFile",
+        "PipRequirementsString",
         "PoetryProjectPath",
         "PreinstalledInterpreter",
         "UvProjectPath",
     ],
     "meadow_core.logs": ["route_logs"],
+    "meadow_core.machine_cache": ["MACHINE_CACHE_FOLDER"],
     "meadow_core.protocol": ["ErrorKind", "JobRecord", "JobState", "Outcome", "RemoteError"],
     "meadow_core.resources": ["Resources"],
     "meadow_core.results": [
@@ -222,6 +249,7 @@ _SOURCES = {
         "RunMapTasksFailedException",
         "TaskException",
         "TaskResult",
+        "TaskState",
     ],
     "meadow_core.secrets": [
         "AwsSecret",

@@ -21,16 +21,18 @@ import tempfile
 import traceback
 import uuid
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
+    Generator,
     Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar, overload
+from typing import Any, BinaryIO, Generic, Literal, TypeVar, overload
 
 from meadow_core import keys, pickling, protocol
 from meadow_core._portal import portal
@@ -46,6 +48,7 @@ from meadow_core.results import (
     RunMapTasksFailedException,
     TaskException,
     TaskResult,
+    task_state,
 )
 from meadow_core.watch import JobWatch
 
@@ -156,7 +159,12 @@ async def _environment(prepared: _Prepared, objects: Objects) -> Environment:
         environment.env_spec = spec.key
     code = deployment.code
     snapshot, sources = await asyncio.to_thread(
-        build_snapshot, code.roots, code.extensions, code.globs, code.working_directory
+        build_snapshot,
+        code.roots,
+        code.extensions,
+        code.globs,
+        code.working_directory,
+        code.path_subdirs,
     )
     objects.update(sources.objects())
     objects[snapshot.key] = snapshot.manifest()
@@ -260,7 +268,11 @@ async def _stored_file(host: Host, key: str) -> AsyncIterator[BinaryIO]:
             yield pickled
 
 
-async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
+async def _task_result(
+    host: Host, outcome: TaskOutcome, *, single: bool = False
+) -> TaskResult[Any]:
+    """The caller's view of a final outcome; ``single`` for a function job's one task
+    (Meadowrun names a process exit differently there, see ``task_state``)."""
     log_location = host.object_location(outcome.log_key) if outcome.log_key else None
     common: dict[str, Any] = {
         "task_id": outcome.task_id,
@@ -298,7 +310,11 @@ async def _task_result(host: Host, outcome: TaskOutcome) -> TaskResult[Any]:
         return TaskResult(is_success=True, result=value, exception=None, **common)
     error = outcome.error or [protocol.ErrorKind.UNKNOWN, "the task failed", ""]
     return TaskResult(
-        is_success=False, result=None, exception=(error[0], error[1], error[2]), **common
+        is_success=False,
+        result=None,
+        exception=(error[0], error[1], error[2]),
+        state=task_state(outcome.outcome, error[0], single=single),
+        **common,
     )
 
 
@@ -362,7 +378,7 @@ async def _command_completion(
 
 async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> Any:
     async for outcome in job_watch.outcomes():
-        result = await _task_result(host, outcome)
+        result = await _task_result(host, outcome, single=True)
         if not result.is_success:
             assert result.exception is not None
             raise TaskException(
@@ -370,12 +386,17 @@ async def _function_result(host: Host, spec: JobSpec, job_watch: JobWatch) -> An
                 attempt=result.attempt,
                 job_id=spec.job_id,
                 outcome=result.outcome,
+                state=result.state,
             )
         return result.result
     raise JobNotFoundError(f"job {spec.job_id} ended without a result")
 
 
-async def _map_results(host: Host, spec: JobSpec, job_watch: JobWatch) -> list[Any]:
+async def _map_results(
+    host: Host, spec: JobSpec, job_watch: JobWatch, args: Sequence[Any] | None = None
+) -> list[Any]:
+    """The map's values in input order, or ``RunMapTasksFailedException`` naming the
+    failed tasks and their arguments (``args``, else read back from the store)."""
     values: list[Any] = [None] * spec.num_tasks
     failed: list[TaskResult[Any]] = []
     async for outcome in job_watch.outcomes():
@@ -386,8 +407,23 @@ async def _map_results(host: Host, spec: JobSpec, job_watch: JobWatch) -> list[A
             failed.append(result)
     if failed:
         failed.sort(key=lambda r: r.task_id)
-        raise RunMapTasksFailedException(failed, values)
+        if args is None:
+            args = await _stored_map_args(host, spec)
+        failed_args = [args[r.task_id] for r in failed] if args is not None else None
+        raise RunMapTasksFailedException(failed, values, failed_args)
     return values
+
+
+async def _stored_map_args(host: Host, spec: JobSpec) -> list[Any] | None:
+    """A map's arguments read back from its args blob (pickles back to back), for a
+    caller that waits on a job another call submitted; ``None`` if they cannot be."""
+    if spec.args_key is None:
+        return None
+    try:
+        blob = io.BytesIO(await host.read_object(spec.args_key))
+        return [pickle.load(blob) for _ in range(spec.num_tasks)]
+    except Exception:
+        return None
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -738,10 +774,58 @@ async def run_map(
         spec, _ = await _submit(job.prepared, job.spec, job.tasks, job.objects)
         return JobHandle(spec.job_id, job.prepared.host, spec.kind)
     async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (spec, job_watch):
-        return await _map_results(job.prepared.host, spec, job_watch)
+        return await _map_results(job.prepared.host, spec, job_watch, args)
 
 
-async def run_map_as_completed(
+class _Started:
+    """What ``_as_completed`` yields first: the job is submitted and watched."""
+
+
+_STARTED = _Started()
+
+
+class MapAsCompleted(AsyncIterator[TaskResult[_U]], Awaitable["MapAsCompleted[_U]"], Generic[_U]):
+    """What ``run_map_as_completed`` returns: each task's ``TaskResult`` as it is final.
+
+    Iterate it at once (``async for r in run_map_as_completed(...)``), or await it
+    first as on Meadowrun (``async for r in await run_map_as_completed(...)``): the
+    await validates, uploads and submits, so a bad request raises there, and returns
+    this same iterator. Stopping early (``aclose``, a ``break`` then garbage
+    collection, a cancelled task) cancels the job.
+    """
+
+    def __init__(self, steps: AsyncGenerator[TaskResult[_U] | _Started, None]) -> None:
+        self._steps = steps
+        self._started = False
+
+    async def _start(self) -> MapAsCompleted[_U]:
+        if not self._started:
+            self._started = True
+            try:
+                first = await self._steps.__anext__()
+            except StopAsyncIteration:
+                return self  # no tasks: nothing was submitted and nothing will come
+            assert first is _STARTED
+        return self
+
+    def __await__(self) -> Generator[Any, None, MapAsCompleted[_U]]:
+        return self._start().__await__()
+
+    def __aiter__(self) -> MapAsCompleted[_U]:
+        return self
+
+    async def __anext__(self) -> TaskResult[_U]:
+        await self._start()
+        item = await self._steps.__anext__()
+        assert not isinstance(item, _Started)
+        return item
+
+    async def aclose(self) -> None:
+        """Stop: the job is cancelled unless every result already arrived."""
+        await self._steps.aclose()
+
+
+def run_map_as_completed(
     function: Callable[[_T], _U],
     args: Sequence[_T],
     host: Host | None = None,
@@ -755,8 +839,44 @@ async def run_map_as_completed(
     *,
     job_id: str | None = None,
     timeout_seconds: float | None = None,
-) -> AsyncIterator[TaskResult[_U]]:
-    """Like ``run_map``, but yields each task's ``TaskResult`` as soon as it is final."""
+) -> MapAsCompleted[_U]:
+    """Like ``run_map``, but yields each task's ``TaskResult`` as soon as it is final.
+
+    Both spellings work: ``async for r in run_map_as_completed(...)`` and Meadowrun's
+    ``async for r in await run_map_as_completed(...)`` (see ``MapAsCompleted``).
+    """
+    return MapAsCompleted(
+        _as_completed(
+            function,
+            args,
+            host,
+            resources_per_task,
+            deployment,
+            num_concurrent_tasks,
+            sidecar_containers,
+            ports,
+            max_num_task_attempts,
+            retry_with_more_memory,
+            job_id,
+            timeout_seconds,
+        )
+    )
+
+
+async def _as_completed(
+    function: Callable[[_T], _U],
+    args: Sequence[_T],
+    host: Host | None,
+    resources_per_task: Resources | None,
+    deployment: Deployment | Awaitable[Deployment] | None,
+    num_concurrent_tasks: int | None,
+    sidecar_containers: object,
+    ports: object,
+    max_num_task_attempts: int,
+    retry_with_more_memory: bool,
+    job_id: str | None,
+    timeout_seconds: float | None,
+) -> AsyncGenerator[TaskResult[_U] | _Started, None]:
     args = _map_inputs(args)
     if not args:
         return
@@ -775,6 +895,7 @@ async def run_map_as_completed(
         timeout_seconds,
     )
     async with _submitted(job.prepared, job.spec, job.tasks, job.objects) as (_, job_watch):
+        yield _STARTED
         async for outcome in job_watch.outcomes():
             yield await _task_result(job.prepared.host, outcome)
 

@@ -109,12 +109,23 @@ class CodeSnapshot:
 
     ``working_root`` is the root that stands for the caller's working directory (the
     remote side runs there) or ``None``; ``on_path`` says which roots go on sys.path.
+    ``path_subdirs`` (one per root, ``""`` for the root itself) names the folder of a
+    root that goes on sys.path: a git checkout ships whole, as the working directory,
+    with only its ``path_to_source`` importable, as on Meadowrun.
     """
 
     roots: list[str]
     on_path: list[bool]
     working_root: int | None
     files: list[SnapshotFile]
+    path_subdirs: list[str] = dataclasses.field(default_factory=list)
+
+    def sys_path_subdir(self, root: int) -> str:
+        """The folder of ``root`` that goes on sys.path (``""``: the root itself)."""
+        subdir = self.path_subdirs[root] if root < len(self.path_subdirs) else ""
+        if subdir.startswith("/") or ".." in subdir.split("/"):
+            raise MeadowError(f"the code snapshot's sys.path folder {subdir!r} leaves its root")
+        return subdir
 
     def manifest(self) -> bytes:
         # A chunked file's entry has a fifth element; others keep the original four, so
@@ -125,14 +136,15 @@ class CodeSnapshot:
             else [f.root, f.path, f.digest, f.mode]
             for f in self.files
         )
-        return protocol.pack(
-            {
-                "roots": self.roots,
-                "on_path": self.on_path,
-                "working_root": self.working_root,
-                "files": entries,
-            }
-        )
+        manifest: dict[str, object] = {
+            "roots": self.roots,
+            "on_path": self.on_path,
+            "working_root": self.working_root,
+            "files": entries,
+        }
+        if any(self.path_subdirs):  # absent otherwise: other manifests keep their keys
+            manifest["path_subdirs"] = self.path_subdirs
+        return protocol.pack(manifest)
 
     @property
     def key(self) -> str:
@@ -153,6 +165,7 @@ class CodeSnapshot:
                 SnapshotFile(e[0], e[1], e[2], e[3], tuple(e[4]) if len(e) > 4 else ())
                 for e in raw["files"]
             ],
+            path_subdirs=list(raw.get("path_subdirs", [])),
         )
 
 
@@ -428,10 +441,12 @@ def build_snapshot(
     extensions: Sequence[str] | None,
     globs: Sequence[str] = (),
     working_directory: str | None = None,
+    path_subdirs: Sequence[str] = (),
 ) -> tuple[CodeSnapshot, SnapshotSources]:
     """Snapshot ``roots`` (files with ``extensions``; every file if ``None``) plus files
-    matching ``globs`` relative to ``working_directory``. Returns the snapshot and where
-    each of its objects is on this machine."""
+    matching ``globs`` relative to ``working_directory``; ``path_subdirs`` (one per
+    root) puts a folder of a root on sys.path instead of the root. Returns the snapshot
+    and where each of its objects is on this machine."""
     cwd = os.path.realpath(working_directory or os.getcwd())
     all_roots = [os.path.realpath(r) for r in roots]
     on_path = [True] * len(all_roots)
@@ -486,7 +501,9 @@ def build_snapshot(
             pieces.setdefault(
                 f"{CHUNKS_PREFIX}/{c.digest}", _Piece(e.path, c.offset, c.length, c.digest, False)
             )
-    return CodeSnapshot(all_roots, on_path, working_root, files), sources
+    subdirs = [Path(d).as_posix() if d not in ("", ".") else "" for d in path_subdirs]
+    subdirs += [""] * (len(all_roots) - len(subdirs))
+    return CodeSnapshot(all_roots, on_path, working_root, files, subdirs), sources
 
 
 def _glob(cwd: str, pattern: str) -> list[str]:
@@ -623,7 +640,11 @@ def materialize(
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     shutil.rmtree(staging)
-    paths = [str(target / str(i)) for i, on in enumerate(snapshot.on_path) if on]
+    paths = [
+        str(target / str(i) / snapshot.sys_path_subdir(i)).rstrip("/")
+        for i, on in enumerate(snapshot.on_path)
+        if on
+    ]
     working = (
         str(target / str(snapshot.working_root)) if snapshot.working_root is not None else None
     )

@@ -81,8 +81,14 @@ def _spec(reference: str, secret: Secret | None, always_use_local: bool) -> Cont
     )
 
 
+class ContainerInterpreterBase(InterpreterSpec):
+    """An existing container image as the interpreter (Meadowrun's base class of
+    ``ContainerInterpreter`` and ``ContainerAtDigestInterpreter``): Meadow runs the
+    task in it and builds nothing."""
+
+
 @dataclasses.dataclass(frozen=True)
-class ContainerInterpreter(InterpreterSpec):
+class ContainerInterpreter(ContainerInterpreterBase):
     """An image by tag; ``python3`` in it must be the caller's Python minor version.
     Meadow's worker runtime is mounted into it, so it needs nothing of Meadow's."""
 
@@ -101,7 +107,7 @@ class ContainerInterpreter(InterpreterSpec):
 
 
 @dataclasses.dataclass(frozen=True)
-class ContainerAtDigestInterpreter(InterpreterSpec):
+class ContainerAtDigestInterpreter(ContainerInterpreterBase):
     """An image by digest (``sha256:...``), immune to a tag being moved."""
 
     repository_name: str

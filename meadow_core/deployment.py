@@ -24,6 +24,7 @@ from meadow_core.interpreters import (
     MEADOW_INTERPRETER,
     EnvironmentSpec,
     InterpreterSpec,
+    LocalCurrentInterpreter,
     LocalInterpreter,
     PreinstalledInterpreter,
 )
@@ -45,6 +46,8 @@ class CodeSelection:
     extensions: tuple[str, ...] | None
     globs: tuple[str, ...]
     working_directory: str
+    #: Per root, the folder of it that goes on sys.path ("" or absent: the root).
+    path_subdirs: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,8 @@ class Deployment:
         relative to the working directory, which the task runs in.
         """
         environment: EnvironmentSpec | None = None
+        if isinstance(interpreter, LocalCurrentInterpreter) and not interpreter.additional_software:
+            interpreter = None  # what mirror_local does by default, as on Meadowrun
         if interpreter is not None:
             if not isinstance(interpreter, InterpreterSpec):
                 raise NotImplementedError(
@@ -133,8 +138,9 @@ class Deployment:
         """The code of one commit of a git repository (``branch`` defaults to ``main``).
 
         The branch is resolved here, once, so every task runs the same commit; the
-        commit's files ship as a code snapshot with the repository root as working
-        directory and ``path_to_source`` (default: the root) on ``sys.path``. An
+        commit's whole tree (dotfiles included) ships as a code snapshot and is the
+        task's working directory, with only ``path_to_source`` (default: the root) on
+        ``sys.path``, as on Meadowrun. An
         ``interpreter`` file path (requirements, uv or poetry project) is read from the
         repository. The caller's own git credentials are used, or only the private key
         of ``ssh_key_secret`` (e.g. ``FileSecret("~/.ssh/deploy_key")``).
@@ -165,8 +171,9 @@ class Deployment:
             raise InvalidRequestError(
                 f"path_to_source {path_to_source!r} is not a folder of {repo_url} at that commit"
             )
-        # The whole tree ships; only path_to_source goes on sys.path.
-        everything = () if source == export else ("**/*",)
+        # The whole tree ships as the working directory; only path_to_source goes on
+        # sys.path (a folder of the same root, so it is not shipped twice).
+        subdir = source.relative_to(export).as_posix()
         environment: EnvironmentSpec | None = None
         if interpreter is not None:
             if not isinstance(interpreter, InterpreterSpec):
@@ -177,7 +184,7 @@ class Deployment:
         return cls(
             kind="git_repo",
             environment_variables=dict(environment_variables or {}),
-            code=CodeSelection((str(source),), None, everything, str(export)),
+            code=CodeSelection((str(export),), None, (), str(export), (subdir,)),
             environment=environment,
         )
 

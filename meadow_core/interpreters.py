@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -293,6 +293,38 @@ class PipRequirementsFile(InterpreterSpecFile):
 
 
 @dataclasses.dataclass(frozen=True)
+class PipRequirementsString(InterpreterSpecFile):
+    """Requirements written in code instead of a file (Meadowrun's class of this name):
+    ``packages_to_install`` is a list of requirement lines, joined with newlines into a
+    requirements file, or that file's text as one string. Installed with uv like
+    ``PipRequirementsFile``; local editable lines are dropped."""
+
+    packages_to_install: str | Sequence[str]
+    python_version: str | None = None
+    additional_software: str | Iterable[str] | None = None
+
+    def environment_spec(self) -> EnvironmentSpec:
+        packages = system_packages(self.additional_software)
+        lines = self.packages_to_install
+        if not isinstance(lines, str):
+            if not all(isinstance(line, str) for line in lines):
+                raise InvalidRequestError(
+                    "PipRequirementsString(packages_to_install=...) must be a list of "
+                    "requirement strings like ['pandas==2.2.2'], or a requirements text"
+                )
+            lines = "\n".join(lines) + "\n"
+        spec = EnvironmentSpec(
+            "requirements",
+            _without_local_editables(lines),
+            None,
+            python_version_of(self.python_version),
+            target_platform(),
+            packages,
+        )
+        return check_resolvable(spec, "PipRequirementsString")
+
+
+@dataclasses.dataclass(frozen=True)
 class UvProjectPath(InterpreterSpecFile):
     """A uv project: a folder with ``pyproject.toml`` and ``uv.lock``; installs exactly
     the locked versions (not the project itself: it travels as code)."""
@@ -352,7 +384,8 @@ class PoetryProjectPath(InterpreterSpecFile):
 class LocalPipInterpreter(LocalInterpreter):
     """A local interpreter (plain install or virtualenv) rebuilt from what it has
     installed (``uv pip freeze``, which needs no pip in it); editable installs are left
-    out (they travel as code)."""
+    out (they travel as code). The environment is that interpreter's Python version
+    (asked of it), not the caller's; ``python_version``, if given, must agree with it."""
 
     path_to_interpreter: str
     python_version: str | None = None
@@ -364,6 +397,7 @@ class LocalPipInterpreter(LocalInterpreter):
             raise InvalidRequestError(
                 f"LocalPipInterpreter: {self.path_to_interpreter!r} does not exist"
             )
+        version = self._python_version()
         try:
             frozen = subprocess.run(
                 [
@@ -384,15 +418,61 @@ class LocalPipInterpreter(LocalInterpreter):
             raise InvalidRequestError(
                 f"could not list the packages of {self.path_to_interpreter!r}: {detail}"
             ) from exc
-        spec = EnvironmentSpec(
-            "requirements",
-            frozen,
-            None,
-            python_version_of(self.python_version),
-            target_platform(),
-            packages,
-        )
+        spec = EnvironmentSpec("requirements", frozen, None, version, target_platform(), packages)
         return check_resolvable(spec, f"the packages of {self.path_to_interpreter}")
+
+    def _python_version(self) -> str:
+        """The interpreter's own major.minor, checked like any requested version."""
+        try:
+            actual = subprocess.run(
+                [
+                    self.path_to_interpreter,
+                    "-c",
+                    "import sys; print(*sys.version_info[:3], sep='.')",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            raise InvalidRequestError(
+                f"LocalPipInterpreter: cannot run {self.path_to_interpreter!r} to ask its "
+                f"Python version: {detail}"
+            ) from exc
+        minor = ".".join(actual.split(".")[:2])
+        if self.python_version and ".".join(self.python_version.split(".")[:2]) != minor:
+            raise InvalidRequestError(
+                f"LocalPipInterpreter: python_version {self.python_version!r} is not the "
+                f"version of {self.path_to_interpreter!r}, which is Python {actual}; leave "
+                "python_version out"
+            )
+        try:
+            return python_version_of(self.python_version or actual)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(
+                f"LocalPipInterpreter({self.path_to_interpreter!r}) is Python {actual}: {exc}"
+            ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalCurrentInterpreter(LocalInterpreter):
+    """The caller's own environment, as ``mirror_local`` uses by default (Meadowrun's
+    class of this name); useful to add ``additional_software`` (apt packages, which
+    make the environment a container image). What it is rebuilt from is found by
+    ``detect_local_interpreter``: a uv or poetry project around the working directory,
+    else this interpreter's installed packages."""
+
+    additional_software: str | Iterable[str] | None = None
+
+    def environment_spec(self) -> EnvironmentSpec:
+        found = detect_local_interpreter()
+        if self.additional_software:
+            found = dataclasses.replace(  # type: ignore[type-var]
+                found, additional_software=self.additional_software
+            )
+        return found.environment_spec()
 
 
 _CONDA_INSTEAD = (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from meadow_core.protocol import ErrorKind, Outcome
 
@@ -13,6 +14,89 @@ _T = TypeVar("_T")
 #: Outcomes of a task that did not fail by raising: its worker or machine died under it,
 #: it was killed for memory, or it ran out of time.
 _INFRASTRUCTURE_OUTCOMES = frozenset({Outcome.CRASHED, Outcome.TIMEOUT})
+
+
+class TaskState(enum.StrEnum):
+    """Meadowrun's names for how a task ended (``TaskResult.state``), kept beside
+    Meadow's ``outcome`` so code written for Meadowrun reads the same values.
+
+    ``TIMEOUT`` and ``CANCELLED`` are Meadow's own: Meadowrun had neither.
+    """
+
+    SUCCEEDED = "SUCCEEDED"
+    #: The task could not be started (no worker for its environment, a command not found).
+    RUN_REQUEST_FAILED = "RUN_REQUEST_FAILED"
+    #: The task's code raised (or its value could not be pickled on the worker).
+    PYTHON_EXCEPTION = "PYTHON_EXCEPTION"
+    #: A command, or a function job's process, ended with a non-zero exit.
+    NON_ZERO_RETURN_CODE = "NON_ZERO_RETURN_CODE"
+    #: The task needs more CPU or memory than any machine offers.
+    RESOURCES_NOT_AVAILABLE = "RESOURCES_NOT_AVAILABLE"
+    #: The machine could not store or report the task's outcome.
+    ERROR_GETTING_STATE = "ERROR_GETTING_STATE"
+    #: A map task's worker went away under it: ``sys.exit()``, a crash, out of memory,
+    #: or its machine was lost.
+    UNEXPECTED_WORKER_EXIT = "UNEXPECTED_WORKER_EXIT"
+    #: The task succeeded but its value could not be unpickled by the caller.
+    RESULT_CANNOT_BE_UNPICKLED = "RESULT_CANNOT_BE_UNPICKLED"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
+
+
+_KIND_STATES = {
+    ErrorKind.WORKER_CRASHED: TaskState.UNEXPECTED_WORKER_EXIT,
+    ErrorKind.MEMORY_LIMIT_EXCEEDED: TaskState.UNEXPECTED_WORKER_EXIT,
+    ErrorKind.AGENT_STOPPED: TaskState.UNEXPECTED_WORKER_EXIT,
+    ErrorKind.TASK_LOST: TaskState.UNEXPECTED_WORKER_EXIT,
+    ErrorKind.WORKER_START_FAILED: TaskState.RUN_REQUEST_FAILED,
+    ErrorKind.TASK_NOT_DELIVERED: TaskState.RUN_REQUEST_FAILED,
+    ErrorKind.COMMAND_NOT_STARTED: TaskState.RUN_REQUEST_FAILED,
+    ErrorKind.COMMAND_FAILED: TaskState.NON_ZERO_RETURN_CODE,
+    ErrorKind.TASK_TIMEOUT: TaskState.TIMEOUT,
+    ErrorKind.TASK_CANCELLED: TaskState.CANCELLED,
+    ErrorKind.UNSATISFIABLE_RESOURCES: TaskState.RESOURCES_NOT_AVAILABLE,
+    ErrorKind.RESULT_NOT_PICKLABLE: TaskState.PYTHON_EXCEPTION,
+    ErrorKind.RESULT_NOT_UNPICKLABLE: TaskState.RESULT_CANNOT_BE_UNPICKLED,
+    ErrorKind.AGENT_ERROR: TaskState.ERROR_GETTING_STATE,
+    ErrorKind.UNKNOWN: TaskState.ERROR_GETTING_STATE,
+}
+_OUTCOME_STATES: dict[str, TaskState] = {
+    Outcome.SUCCEEDED: TaskState.SUCCEEDED,
+    Outcome.CRASHED: TaskState.UNEXPECTED_WORKER_EXIT,
+    Outcome.TIMEOUT: TaskState.TIMEOUT,
+    Outcome.CANCELLED: TaskState.CANCELLED,
+}
+_STATE_OUTCOMES: dict[str, Outcome] = {
+    TaskState.SUCCEEDED: Outcome.SUCCEEDED,
+    TaskState.UNEXPECTED_WORKER_EXIT: Outcome.CRASHED,
+    TaskState.TIMEOUT: Outcome.TIMEOUT,
+    TaskState.CANCELLED: Outcome.CANCELLED,
+}
+
+
+def task_state(outcome: str, remote_type: str | None, *, single: bool = False) -> TaskState:
+    """Meadowrun's state for a task that ended with ``outcome`` and, if it failed, the
+    error type ``remote_type``.
+
+    ``sys.exit()`` in a task is an unexpected worker exit, as on Meadowrun (whose
+    worker process ended with it), although Meadow's warm worker survives it. For a
+    single function job (``single``) such an exit is ``NON_ZERO_RETURN_CODE``, the
+    state Meadowrun gave the process it ran that function in.
+    """
+    if outcome == Outcome.SUCCEEDED:
+        return TaskState.SUCCEEDED
+    kind = ErrorKind.parse(remote_type) if remote_type else None
+    if kind is not None:
+        state = _KIND_STATES.get(kind, TaskState.PYTHON_EXCEPTION)
+    elif remote_type == "SystemExit":
+        state = TaskState.UNEXPECTED_WORKER_EXIT
+    elif remote_type:
+        state = TaskState.PYTHON_EXCEPTION
+    else:
+        state = _OUTCOME_STATES.get(outcome, TaskState.PYTHON_EXCEPTION)
+    if single and state is TaskState.UNEXPECTED_WORKER_EXIT:
+        return TaskState.NON_ZERO_RETURN_CODE
+    return state
 
 
 class TaskException(Exception):
@@ -24,7 +108,8 @@ class TaskException(Exception):
     that ``ErrorKind``, ``None`` when the code raised. ``remote_message`` is the
     message, ``remote_traceback`` the formatted remote traceback. ``outcome`` is the
     task's ``Outcome``: ``failed`` (the code raised, or the task could not be run as
-    asked), ``crashed``, ``timeout`` or ``cancelled``.
+    asked), ``crashed``, ``timeout`` or ``cancelled``; ``state`` is the same in
+    Meadowrun's words (a ``TaskState``, e.g. ``"PYTHON_EXCEPTION"``).
     """
 
     def __init__(
@@ -37,6 +122,7 @@ class TaskException(Exception):
         attempt: int | None = None,
         job_id: str | None = None,
         outcome: str | None = None,
+        state: str | None = None,
     ) -> None:
         self.remote_type = remote_type
         self.remote_message = remote_message
@@ -46,6 +132,7 @@ class TaskException(Exception):
         self.job_id = job_id
         self.kind = ErrorKind.parse(remote_type)
         self.outcome = _outcome(outcome, self.kind)
+        self.state = state or task_state(self.outcome, remote_type)
         where = ""
         if task_id is not None:
             where = f" in task {task_id}" + (f", attempt {attempt}" if attempt else "")
@@ -75,6 +162,7 @@ class TaskException(Exception):
                 self.attempt,
                 self.job_id,
                 str(self.outcome),
+                str(self.state),
             ),
         )
 
@@ -98,6 +186,7 @@ def _rebuild_task_exception(
     attempt: int | None,
     job_id: str | None,
     outcome: str | None = None,  # absent from exceptions pickled by older versions
+    state: str | None = None,
 ) -> TaskException:
     return TaskException(
         remote_type,
@@ -107,10 +196,11 @@ def _rebuild_task_exception(
         attempt=attempt,
         job_id=job_id,
         outcome=outcome,
+        state=state,
     )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class TaskResult(Generic[_T]):
     """The outcome of one task of a map (or of a single function job).
 
@@ -118,6 +208,12 @@ class TaskResult(Generic[_T]):
     1-based, ``outcome`` one of ``succeeded``, ``failed`` (the code raised), ``crashed``
     (the worker died, e.g. out of memory), ``timeout`` or ``cancelled``; ``log_location``
     names where the task's full log is kept (see ``read_task_log``).
+
+    ``state`` says the same in Meadowrun's words (a ``TaskState``: ``"SUCCEEDED"``,
+    ``"PYTHON_EXCEPTION"``, ``"UNEXPECTED_WORKER_EXIT"``, ...), so code written for
+    Meadowrun works; Meadowrun's ``TaskResult(task_id, is_success, state=...,
+    result=..., exception=..., attempt=..., log_file_name=...)`` keywords are accepted.
+    Whichever of ``outcome`` and ``state`` is not given is derived from the other.
     """
 
     task_id: int
@@ -125,41 +221,101 @@ class TaskResult(Generic[_T]):
     result: _T | None
     exception: tuple[str, str, str] | None
     attempt: int
-    outcome: str = Outcome.SUCCEEDED
-    log_location: str | None = None
-    job_id: str | None = None
-    max_memory_used_gb: float | None = None
+    outcome: str
+    log_location: str | None
+    job_id: str | None
+    max_memory_used_gb: float | None
+    state: str
+
+    def __init__(
+        self,
+        task_id: int,
+        is_success: bool,
+        result: _T | None = None,
+        exception: tuple[str, str, str] | None = None,
+        attempt: int = 1,
+        outcome: str | None = None,
+        log_location: str | None = None,
+        job_id: str | None = None,
+        max_memory_used_gb: float | None = None,
+        *,
+        state: str | None = None,
+        log_file_name: str | None = None,
+    ) -> None:
+        if log_file_name is not None and log_location is not None:
+            raise TypeError("give log_location or Meadowrun's log_file_name, not both")
+        self.task_id = task_id
+        self.is_success = is_success
+        self.result = result
+        self.exception = exception
+        self.attempt = attempt
+        remote_type = exception[0] if exception else None
+        if outcome is None:
+            if is_success:
+                outcome = Outcome.SUCCEEDED
+            elif state is not None and state in _STATE_OUTCOMES:
+                outcome = _STATE_OUTCOMES[state]
+            else:
+                kind = ErrorKind.parse(remote_type) if remote_type else None
+                outcome = kind.outcome if kind is not None else Outcome.FAILED
+        self.outcome = outcome
+        self.state = state or task_state(outcome, remote_type)
+        self.log_location = log_location if log_file_name is None else log_file_name or None
+        self.job_id = job_id
+        self.max_memory_used_gb = max_memory_used_gb
+
+    @property
+    def log_file_name(self) -> str:
+        """Meadowrun's name for where the task's log is: ``log_location``, or ``""``."""
+        return self.log_location or ""
 
     def result_or_raise(self) -> _T:
         """The task's return value, or raise its ``TaskException``."""
         if self.is_success:
             return self.result  # type: ignore[return-value]
-        assert self.exception is not None
+        exception = self.exception or (
+            ErrorKind.UNKNOWN,
+            f"the task was not successful, state: {self.state}",
+            "",
+        )
         raise TaskException(
-            *self.exception,
+            *exception,
             task_id=self.task_id,
             attempt=self.attempt,
             job_id=self.job_id,
             outcome=self.outcome,
+            state=self.state,
         )
 
 
 class RunMapTasksFailedException(Exception):
     """Raised by ``run_map`` when one or more tasks failed after all their attempts.
 
-    ``failed_tasks`` lists every failed ``TaskResult``; ``results`` holds the value of
-    each task in input order, ``None`` where the task failed, so nothing that succeeded
-    is lost.
+    ``failed_tasks`` lists every failed ``TaskResult`` (by task id) and the message names
+    each one's final ``state``; ``failed_task_args`` holds the argument of each, in the
+    same order (as on Meadowrun; ``None`` if they could not be read back); ``results``
+    holds the value of each task in input order, ``None`` where the task failed, so
+    nothing that succeeded is lost.
     """
 
-    def __init__(self, failed_tasks: Sequence[TaskResult[object]], results: list[object]) -> None:
+    def __init__(
+        self,
+        failed_tasks: Sequence[TaskResult[Any]],
+        results: list[Any],
+        failed_task_args: Sequence[Any] | None = None,
+    ) -> None:
         self.failed_tasks = list(failed_tasks)
         self.results = results
-        lines = [
-            f"  task {t.task_id} (attempt {t.attempt}, {t.outcome}): "
-            f"{t.exception[0] if t.exception else '?'}: {t.exception[1] if t.exception else ''}"
-            for t in self.failed_tasks[:20]
-        ]
+        self.failed_task_args = list(failed_task_args) if failed_task_args is not None else None
+        args: Sequence[Any] = self.failed_task_args or ()
+        lines = []
+        for index, t in enumerate(self.failed_tasks[:20]):
+            arg = f" with arg ({_short_repr(args[index])})" if index < len(args) else ""
+            error = f"{t.exception[0]}: {t.exception[1]}" if t.exception else "?"
+            lines.append(
+                f"  task {t.task_id}{arg} (attempt {t.attempt}, {t.outcome}, "
+                f"final state: {t.state}): {error}"
+            )
         more = len(self.failed_tasks) - len(lines)
         if more > 0:
             lines.append(f"  ... and {more} more")
@@ -168,7 +324,18 @@ class RunMapTasksFailedException(Exception):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (RunMapTasksFailedException, (self.failed_tasks, self.results))
+        return (
+            RunMapTasksFailedException,
+            (self.failed_tasks, self.results, self.failed_task_args),
+        )
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclasses.dataclass
