@@ -35,6 +35,7 @@ import psutil
 from meadow_core import protocol
 from meadow_core.agent.code_watch import any_changed
 from meadow_core.agent.worker import END_MARKER, SPILL_DIR_VARIABLE, WORKER_TOKEN_VARIABLE
+from meadow_core.machine_cache import MACHINE_CACHE_VARIABLE, machine_cache_folder
 from meadow_core.protocol import Environment, TaskMessage
 from meadow_core.task_context import (
     ATTEMPT_VARIABLE,
@@ -132,7 +133,11 @@ def container_run(
     args += ["--network", "host", "--log-driver", "none"]
     if interactive:
         args.append("--interactive")
-    shared = [*environment.sys_path, environment.working_directory, *read_write]
+    # MACHINE_CACHE_FOLDER means the same folder inside as outside: tasks in an image
+    # find what earlier jobs on this machine left there.
+    machine_cache = machine_cache_folder()
+    variables[MACHINE_CACHE_VARIABLE] = machine_cache
+    shared = [*environment.sys_path, environment.working_directory, *read_write, machine_cache]
     shared.append(os.environ.get(STORE_VARIABLE, ""))
     for path in _outermost(shared):
         args += ["--mount", f"type=bind,source={path},target={path}"]

@@ -250,3 +250,29 @@ def test_requirements_and_additional_software_build_an_image_another_home_pulls(
     messages = [r.getMessage() for r in caplog.records]
     assert any("pulled image" in m for m in messages) and not any("built" in m for m in messages)
     assert docker_client.images.get(reference).id == first_id
+
+
+def test_the_machine_cache_folder_inside_an_image_is_the_machines(
+    host: LocalHost, pushed_base: tuple[str, str, str]
+) -> None:
+    """Meadowrun's MACHINE_CACHE_FOLDER read inside a container task names the folder
+    the machine keeps between jobs: what a task leaves there is on the machine after."""
+    repository, tag, _ = pushed_base
+
+    def leave(name: str) -> str:
+        import os
+
+        import meadow_core
+
+        path = os.path.join(meadow_core.MACHINE_CACHE_FOLDER, name)
+        with open(path, "w") as f:
+            f.write("left by a container")
+        return path
+
+    name = f"from-a-container-{os.getpid()}"
+    deployment = Deployment.container_image(repository, tag)
+    path = Path(run_function_sync(leave, host, deployment=deployment, args=[name]))
+    try:
+        assert path.read_text() == "left by a container"
+    finally:
+        path.unlink(missing_ok=True)
