@@ -112,3 +112,17 @@ def test_a_capacity_error_launches_the_next_choice(aws_env: dict[str, str]) -> N
         ]
         if ids:
             ec2.terminate_instances(InstanceIds=ids)
+
+
+def test_user_data_holds_a_bundle_url_that_runs_out_within_minutes(
+    aws_env: dict[str, str],
+) -> None:
+    """User data can be read back by anyone who may describe the instance: the bundle
+    URL in it must not stay usable for long."""
+    from meadow_core.clouds.aws import admin
+
+    admin.install(REGION)
+    script = AllocEC2Instance(region_name=REGION)._boot_script()
+    url = next(word for word in script.replace("'", " ").split() if "X-Amz-" in word)
+    expires = int(url.split("X-Amz-Expires=", 1)[1].split("&", 1)[0])
+    assert 0 < expires <= 20 * 60

@@ -33,9 +33,11 @@ from meadow_core.resources import Resources
 
 log = logging.getLogger("meadow.aws")
 
-#: A presigned bundle URL lives an hour (a machine fetches it within minutes of its
-#: launch); the boot script, with a new URL, is renewed every ten minutes.
-_BUNDLE_URL_SECONDS = 3600
+#: A presigned bundle URL lives twenty minutes: the boot script that carries it is
+#: renewed every ten (``KNOWN_PRESENT_SECONDS``), and a machine fetches it within
+#: minutes of its launch. Short, since user data can be read back by anyone who may
+#: describe the instance's attributes.
+_BUNDLE_URL_SECONDS = 1200
 
 
 @dataclasses.dataclass
