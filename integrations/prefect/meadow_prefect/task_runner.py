@@ -61,8 +61,12 @@ from meadow_prefect._logs import TaskRunSink, into_task_runs, show_meadow_logs
 # runtime but not meadow_prefect.
 cloudpickle.register_pickle_by_value(_remote)
 
-#: Seconds a partly filled ``.map`` batch waits for more elements before it is sent.
+#: Seconds a partly filled ``.map`` batch waits for more elements before it is sent, at
+#: the least: a batch waits four times the longest gap between its arrivals so far (up
+#: to ``MAP_LINGER_MAX_SECONDS``), so a loaded machine's slower engine threads do not
+#: split one map into many jobs.
 MAP_LINGER_SECONDS = 0.25
+MAP_LINGER_MAX_SECONDS = 2.0
 
 
 # -- per-task options -----------------------------------------------------------------------
@@ -185,6 +189,7 @@ class _MapBatch:
         self.settled: set[int] = set()
         self.pending: list[_Pending] = []
         self.last_arrival = time.monotonic()
+        self.longest_gap = 0.0
         self.waves = 0
         self.thread: threading.Thread | None = None
 
@@ -212,10 +217,15 @@ class _MapBatch:
     def call(self, index: int, pending: _Pending) -> Any:
         with self.cond:
             self.called.add(index)
+            if self.pending:  # a gap within a wave (not the wait before the first call)
+                self.longest_gap = max(self.longest_gap, time.monotonic() - self.last_arrival)
             self.pending.append(pending)
             self.last_arrival = time.monotonic()
             self.cond.notify_all()
         return pending.future.result()
+
+    def _linger(self) -> float:
+        return min(MAP_LINGER_MAX_SECONDS, max(MAP_LINGER_SECONDS, 4 * self.longest_gap))
 
     def _outstanding(self) -> int:
         """Elements that may still call: not called and not finished."""
@@ -229,12 +239,11 @@ class _MapBatch:
                     if self.sealed and outstanding == 0 and not self.pending:
                         return
                     idle = time.monotonic() - self.last_arrival
-                    if self.pending and (
-                        (self.sealed and outstanding == 0) or idle >= MAP_LINGER_SECONDS
-                    ):
+                    linger = self._linger()
+                    if self.pending and ((self.sealed and outstanding == 0) or idle >= linger):
                         wave, self.pending = self.pending, []
                         break
-                    self.cond.wait(MAP_LINGER_SECONDS if self.pending else 1.0)
+                    self.cond.wait(linger if self.pending else 1.0)
             self.waves += 1
             threading.Thread(
                 target=self._send, args=(wave,), name="meadow-prefect-map-wave", daemon=True
