@@ -82,6 +82,9 @@ def machine(
     # current_task().store in tasks here is the bucket: what a task keeps there
     # outlives this instance and is read by the caller and by other instances.
     os.environ[TASK_STORE_VARIABLE] = f"s3://{bucket}?region={region}"
+    # Tasks asking which instance they run on get the answer without a metadata call
+    # (one that times out on a busy machine would say "not on EC2").
+    os.environ[metadata.INSTANCE_ID_VARIABLE] = ec2.machine_id()
     local = LocalHost(
         home=home,
         idle_timeout=max(idle_timeout, 60.0),

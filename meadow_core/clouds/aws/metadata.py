@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 
 IMDS = os.environ.get("MEADOW_IMDS_URL", "http://169.254.169.254")
+#: Set by the instance agent for its tasks: the instance's id, known without asking.
+INSTANCE_ID_VARIABLE = "MEADOW_INSTANCE_ID"
 #: The longest life IMDSv2 gives a token.
 TOKEN_TTL_SECONDS = 21600
 
@@ -43,6 +45,9 @@ def get(path: str, session_token: str | None = None, timeout: float = 2.0) -> st
 
 def instance_id() -> str | None:
     """The id of the EC2 instance this code runs on, or None off EC2."""
+    known = os.environ.get(INSTANCE_ID_VARIABLE)
+    if known:
+        return known
     try:
         return get("meta-data/instance-id", token(ttl_seconds=60, timeout=1.0), timeout=1.0)
     except OSError:  # no metadata service answers here
