@@ -234,9 +234,9 @@ boto3.client("s3").put_object(Bucket="{bucket}", Key="seen-" + me,
         text = wait_for(lambda i=instance_id: s3_text(f"seen-{i}"), what="the VMs' reports")
         seen, tmp_listing, host_writable = eval(text)
         assert set(seen.values()) == {instance_id}, seen  # never the other VM's file
-        # Only its own file, besides the mount point of a shared path (the tests' venv
-        # when the checkout is under /tmp).
-        shared = {Path(p).parts[2] for p in (sys.prefix,) if Path(p).parts[1:2] == ("tmp",)}
+        # Only its own file, besides the mount points of shared paths under /tmp (the
+        # tests' venv when the checkout is there, the tests' gate folder).
+        shared = {Path(p).parts[2] for p in devcloud.shared_paths if Path(p).parts[1:2] == ("tmp",)}
         assert [name for name in tmp_listing if name not in shared] == [marker]
         assert host_writable is False
     for directory in ("/tmp", "/opt", "/var/lib/meadow", "/root", "/usr"):
