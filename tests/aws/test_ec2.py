@@ -124,6 +124,30 @@ def _host(**kwargs: Any) -> AllocEC2Instance:
 SMALL = mc.Resources(logical_cpu=1, memory_gb=1, max_eviction_rate=0)
 
 
+def _serving(job_id: str) -> list[str]:
+    """The instances whose registry record holds an allocation for the job."""
+    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
+    return [r.instance_id for r in registry.list() if job_id in r.allocations]
+
+
+def _in_flight(job_id: str) -> int:
+    """Tasks of the job some instance has taken from its queue and not yet answered."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    try:
+        url = sqs.get_queue_url(QueueName=names.job_queue_name(job_id))["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return 0
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _instances_busy(job_id: str, count: int) -> bool:
+    """``count`` instances serve the job, each holding one of its tasks."""
+    return len(_serving(job_id)) == count and _in_flight(job_id) == count
+
+
 def test_run_function_launches_an_instance_then_reuses_it_warm(
     cloud: DevCloud, deployment: mc.Deployment
 ) -> None:
@@ -237,19 +261,30 @@ def test_the_meadow_command_follows_ec2_jobs(cloud: DevCloud, deployment: mc.Dep
 
 
 def test_map_over_three_instances_delivers_every_result_once(
-    cloud: DevCloud, deployment: mc.Deployment
+    cloud: DevCloud, deployment: mc.Deployment, vm_visible_dir: Path
 ) -> None:
-    # 96 CPUs / 370 GB per task: every type that fits holds one worker, so the map needs
-    # three instances.
+    """96 CPUs / 370 GB per task: every type that fits holds one worker, so the map needs
+    three instances. Its tasks wait for a gate until all three hold one, so the first
+    instance up cannot run the whole map while the others boot."""
     big = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
-    results = mc.run_map_sync(
-        ec2_tasks.square_slowly,
-        list(range(9)),
-        host=_host(),
-        resources_per_task=big,
-        deployment=deployment,
-        num_concurrent_tasks=3,
-    )
+    job_id = f"three-instances-{uuid.uuid4().hex[:8]}"
+    gate = vm_visible_dir / f"{job_id}.released"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            mc.run_map_sync,
+            ec2_tasks.square_when_released,
+            [(x, str(gate)) for x in range(9)],
+            host=_host(),
+            resources_per_task=big,
+            deployment=deployment,
+            num_concurrent_tasks=3,
+            job_id=job_id,
+        )
+        try:
+            _wait(lambda: _instances_busy(job_id, 3), 150, "three tasks to start", cloud)
+        finally:
+            gate.touch()
+        results = running.result(timeout=300)
     assert [value for value, _ in results] == [x * x for x in range(9)]
     assert len({instance for _, instance in results}) == 3
 
@@ -294,29 +329,6 @@ def test_spot_interruption_mid_map_still_delivers_every_result(
     _wait(lambda: interrupted[0] not in cloud.vms(), 30, "the interrupted instance to end")
 
 
-def _serving(job_id: str) -> list[str]:
-    """The instances whose registry record holds an allocation for the job."""
-    registry = DynamoRegistry(boto3.client("dynamodb", region_name=REGION))
-    return [r.instance_id for r in registry.list() if job_id in r.allocations]
-
-
-def _in_flight(job_id: str) -> int:
-    """Tasks of the job some instance has taken from its queue and not yet answered."""
-    sqs = boto3.client("sqs", region_name=REGION)
-    try:
-        url = sqs.get_queue_url(QueueName=names.job_queue_name(job_id))["QueueUrl"]
-    except sqs.exceptions.QueueDoesNotExist:
-        return 0
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessagesNotVisible"])
-
-
-def _both_instances_busy(job_id: str) -> bool:
-    return len(_serving(job_id)) == 2 and _in_flight(job_id) == 2
-
-
 def test_instance_killed_mid_task_costs_a_retry_not_a_result(
     cloud: DevCloud, deployment: mc.Deployment, vm_visible_dir: Path
 ) -> None:
@@ -338,7 +350,7 @@ def test_instance_killed_mid_task_costs_a_retry_not_a_result(
             job_id=job_id,
         )
         try:
-            _wait(lambda: _both_instances_busy(job_id), 150, "both tasks to start", cloud)
+            _wait(lambda: _instances_busy(job_id, 2), 150, "both tasks to start", cloud)
             victim = _serving(job_id)[0]
             cloud.kill(victim)  # it dies without a word to anyone
             _ec2().terminate_instances(InstanceIds=[victim])
@@ -392,7 +404,7 @@ def test_caller_killed_mid_map_leaves_nothing_after_the_idle_timeout(
     try:
         # Not "any instance exists": a warm one left by an earlier test would let the
         # caller die before it submitted anything. Wait for both instances to be busy.
-        _wait(lambda: _both_instances_busy(job_id), 150, "both tasks to start", cloud)
+        _wait(lambda: _instances_busy(job_id, 2), 150, "both tasks to start", cloud)
     finally:
         caller.send_signal(signal.SIGKILL)
         caller.wait()
