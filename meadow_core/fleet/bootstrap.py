@@ -3,9 +3,11 @@
 No custom machine image is needed: the bundle (``meadow_core`` itself plus its runtime
 dependencies and the cloud's SDK, built for the machine's Python and platform by ``uv
 pip install --target``) is uploaded once per content hash to the place's store, and the
-boot script (user data, custom data) of every machine downloads it through a signed
-URL, unpacks it and starts the cloud's machine agent module. The URL is all the script
-needs, so the machine needs no tool (curl, a cloud CLI) beyond ``python3``.
+boot script (user data, custom data) of every machine downloads it, checks its sha256,
+unpacks it and starts the cloud's machine agent module. How it downloads is the cloud
+driver's: a piece of plain-stdlib Python (on AWS, a GET signed with the instance role's
+credentials), so the machine needs no tool (curl, a cloud CLI) beyond ``python3`` and
+the boot script, which others may read back, holds no credential of the caller's.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def publish(store: ObjectStore, extras: tuple[str, ...]) -> Published:
 
 
 def boot_script(
-    bundle_url: str,
+    fetch_snippet: str,
     bundle_sha256: str,
     agent_module: str,
     agent_arguments: Mapping[str, str],
@@ -145,7 +147,14 @@ def boot_script(
     """The boot script: fetch the bundle, check it is the one this caller built (the
     store is writable by tasks; a replaced bundle would run as root on every new
     machine), unpack it, then start ``agent_module`` detached (cloud-init must not wait
-    for it), logging to a file."""
+    for it), logging to a file.
+
+    ``fetch_snippet`` is the cloud driver's: Python run by the machine's ``python3``
+    (stdlib only; nothing is installed yet) that binds ``data`` to the bundle's bytes,
+    retrying as the machine's network and credentials come up. It sits in a quoted
+    here-document, so no line of it may be ``PY``."""
+    if "\nPY\n" in f"\n{fetch_snippet}\n":
+        raise ValueError("the fetch snippet would end the boot script's here-document")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     version_tuple = (sys.version_info.major, sys.version_info.minor)
     arguments = " ".join(f"--{k} {shlex.quote(v)}" for k, v in sorted(agent_arguments.items()))
@@ -154,16 +163,8 @@ def boot_script(
 set -euo pipefail
 mkdir -p {INSTALL_ROOT} {AGENT_HOME}
 python3 - <<'PY'
-import hashlib, io, tarfile, time, urllib.request
-url = {bundle_url!r}
-for attempt in range(10):
-    try:
-        data = urllib.request.urlopen(url, timeout=60).read()
-        break
-    except OSError:
-        if attempt == 9:
-            raise
-        time.sleep(2)
+{fetch_snippet.strip()}
+import hashlib, io, tarfile
 if hashlib.sha256(data).hexdigest() != {bundle_sha256!r}:
     raise SystemExit("meadow: the agent bundle does not match its sha256; not installing it")
 tarfile.open(fileobj=io.BytesIO(data)).extractall({INSTALL_ROOT!r})

@@ -85,10 +85,6 @@ class ObjectStore(abc.ABC):
             count += 1
         return count
 
-    def signed_url(self, key: str, expires_seconds: int = 3600) -> str:
-        """A URL anyone can GET the object from for a while (a machine's boot script)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot hand out URLs for objects")
-
     def local_path(self, key: str) -> Path | None:
         """The file holding the object when it is on this machine's disk, else None
         (readers then use it in place instead of downloading)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import boto3
@@ -10,7 +11,7 @@ import pytest
 
 import meadow_core as mc
 from meadow_core import api
-from meadow_core.clouds.aws import session
+from meadow_core.clouds.aws import names, session
 from meadow_core.clouds.aws.host import AllocEC2Instance
 from tests.aws import ec2_tasks
 
@@ -114,15 +115,23 @@ def test_a_capacity_error_launches_the_next_choice(aws_env: dict[str, str]) -> N
             ec2.terminate_instances(InstanceIds=ids)
 
 
-def test_user_data_holds_a_bundle_url_that_runs_out_within_minutes(
-    aws_env: dict[str, str],
+def test_user_data_holds_no_credential_of_the_callers(
+    aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """User data can be read back by anyone who may describe the instance: the bundle
-    URL in it must not stay usable for long."""
+    """User data can be read back by anyone who may describe the instance: it names the
+    bundle (bucket, key, region, sha256) and the instance fetches it with its own role."""
     from meadow_core.clouds.aws import admin
+    from meadow_core.fleet import bootstrap
 
+    key_id, secret = "AKIAMEADOWTEST123456", "meadow/caller+secret/of-the-test"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    session.reset()
     admin.install(REGION)
-    script = AllocEC2Instance(region_name=REGION)._boot_script()
-    url = next(word for word in script.replace("'", " ").split() if "X-Amz-" in word)
-    expires = int(url.split("X-Amz-Expires=", 1)[1].split("&", 1)[0])
-    assert 0 < expires <= 20 * 60
+    host = AllocEC2Instance(region_name=REGION)
+    script = host._boot_script()
+    for leak in (key_id, secret, "AKIA", "X-Amz-Credential", "X-Amz-Signature"):
+        assert leak not in script
+    key, bundle = bootstrap.build_bundle(names.AGENT_EXTRAS)
+    assert f"data = fetch({host.store.bucket!r}, {key!r}, {REGION!r})" in script
+    assert repr(hashlib.sha256(bundle.read_bytes()).hexdigest()) in script

@@ -38,7 +38,9 @@ def test_a_replaced_bundle_is_not_installed(
     published = tmp_path / "bundle.tar.gz"
     digest = _bundle(published, "the caller's agent")
 
-    script = bootstrap.boot_script(published.as_uri(), digest, "meadow_core.x", {"a": "b"})
+    # The cloud driver's download, here a read of the "store" (a file).
+    fetch = f"import pathlib\ndata = pathlib.Path({str(published)!r}).read_bytes()\n"
+    script = bootstrap.boot_script(fetch, digest, "meadow_core.x", {"a": "b"})
     subprocess.run([sys.executable, "-c", _fetch_and_unpack(script)], check=True)
     assert (install / "lib" / "marker.txt").read_text() == "the caller's agent"
 
@@ -49,3 +51,8 @@ def test_a_replaced_bundle_is_not_installed(
     )
     assert result.returncode != 0 and "does not match its sha256" in result.stderr
     assert not (install / "lib" / "marker.txt").exists()
+
+
+def test_a_fetch_snippet_cannot_end_the_here_document() -> None:
+    with pytest.raises(ValueError, match="here-document"):
+        bootstrap.boot_script("data = b''\nPY\nrm -rf /\n", "0" * 64, "meadow_core.x", {})

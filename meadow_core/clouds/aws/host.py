@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meadow_core.allocation.selection import Offer, check_satisfiable
-from meadow_core.clouds.aws import names, session
+from meadow_core.clouds.aws import boot_fetch, names, session
 from meadow_core.clouds.aws.catalog import Ec2Catalog
 from meadow_core.clouds.aws.compute import Ec2Compute
 from meadow_core.clouds.aws.queue import SqsWorkQueue
@@ -32,12 +32,6 @@ from meadow_core.remote.caller import KNOWN_PRESENT_SECONDS, CallerCache, Remote
 from meadow_core.resources import Resources
 
 log = logging.getLogger("meadow.aws")
-
-#: A presigned bundle URL lives twenty minutes: the boot script that carries it is
-#: renewed every ten (``KNOWN_PRESENT_SECONDS``), and a machine fetches it within
-#: minutes of its launch. Short, since user data can be read back by anyone who may
-#: describe the instance's attributes.
-_BUNDLE_URL_SECONDS = 1200
 
 
 @dataclasses.dataclass
@@ -194,15 +188,16 @@ class AllocEC2Instance(AllocVM):
 
     def _boot_script(self) -> str:
         """Renewed every ``KNOWN_PRESENT_SECONDS``: the bundle is checked to be in the
-        bucket again (a pruned one is uploaded again) and the presigned URL never runs
-        out in a long-lived caller."""
+        bucket again (a pruned one is uploaded again). The instance fetches it with its
+        own role's credentials, so user data (which anyone who may describe the
+        instance's attributes can read back) holds no credential of the caller's."""
         state = self._state
         if state.boot_script is None or time.monotonic() - state.boot_script[0] >= (
             KNOWN_PRESENT_SECONDS
         ):
             bundle = bootstrap.publish(self.store, names.AGENT_EXTRAS)
             script = bootstrap.boot_script(
-                self.store.signed_url(bundle.key, expires_seconds=_BUNDLE_URL_SECONDS),
+                boot_fetch.snippet(self.store.bucket, bundle.key, self.region),
                 bundle.sha256,
                 names.AGENT_MODULE,
                 {

@@ -187,10 +187,3 @@ class S3ObjectStore(ObjectStore):
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
-
-    def signed_url(self, key: str, expires_seconds: int = 3600) -> str:
-        """A presigned GET URL, valid for ``expires_seconds`` (the boot script's bundle)."""
-        url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
-        )
-        return url
