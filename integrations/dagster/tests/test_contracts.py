@@ -27,20 +27,7 @@ from dagster import (
     reconstructable,
 )
 from dagster._core.errors import DagsterUnmetExecutorRequirementsError
-from dagster._core.events.log import EventLogEntry
-
-
-def _config(work_dir: Path, **executor: Any) -> dict[str, Any]:
-    env = {"MEADOW_DAGSTER_TEST_DIR": str(work_dir)}
-    return {"execution": {"config": {"environment_variables": env, **executor}}}
-
-
-def _logs(instance: DagsterInstance, run_id: str) -> list[EventLogEntry]:
-    return list(instance.all_logs(run_id))
-
-
-def _events(instance: DagsterInstance, run_id: str, kind: DagsterEventType) -> list[EventLogEntry]:
-    return [e for e in _logs(instance, run_id) if e.dagster_event_type == kind]
+from run_records import executor_config, run_events, run_logs
 
 
 def _wait_for(path: Path, seconds: float = 60) -> None:
@@ -62,7 +49,7 @@ def _reset(work_dir: Path, *names: str) -> None:
 def test_op_selection_runs_only_the_subset_with_its_own_config(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
-    config = _config(work_dir)
+    config = executor_config(work_dir)
     config["ops"] = {"scaled": {"config": {"factor": 3}}}  # nothing for "labelled"
     with execute_job(
         reconstructable(jobs.selectable_job),
@@ -73,14 +60,14 @@ def test_op_selection_runs_only_the_subset_with_its_own_config(
         assert result.success
         assert result.output_for_node("scaled") == 21
         run_id = result.run_id
-    steps = {e.step_key for e in _events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
+    steps = {e.step_key for e in run_events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
     assert steps == {"scaled"}
 
 
 def test_asset_selection_runs_only_the_selected_assets_with_their_config(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
-    config = _config(work_dir)
+    config = executor_config(work_dir)
     config["ops"] = {"base_number": {"config": {"base": 5}}}  # nothing for shifted_number
     with execute_job(
         reconstructable(jobs.number_assets_job),
@@ -90,7 +77,7 @@ def test_asset_selection_runs_only_the_selected_assets_with_their_config(
     ) as result:
         assert result.success
         run_id = result.run_id
-    materialized = _events(instance, run_id, DagsterEventType.ASSET_MATERIALIZATION)
+    materialized = run_events(instance, run_id, DagsterEventType.ASSET_MATERIALIZATION)
     assert [e.dagster_event.asset_key for e in materialized if e.dagster_event] == [
         AssetKey("base_number")
     ]
@@ -103,12 +90,12 @@ def test_dynamic_outputs_fan_out_and_collect_on_meadow(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.dynamic_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.dynamic_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         assert result.output_for_node("add_up") == 1 + 4 + 9
         run_id = result.run_id
-    steps = {e.step_key for e in _events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
+    steps = {e.step_key for e in run_events(instance, run_id, DagsterEventType.STEP_SUCCESS)}
     assert steps == {"fan_out", "square[n1]", "square[n2]", "square[n3]", "add_up"}
 
 
@@ -131,7 +118,7 @@ def test_interrupted_run_fails_every_step_in_flight(
         with execute_job(
             reconstructable(jobs.two_waiting_job),
             instance=instance,
-            run_config=_config(work_dir),
+            run_config=executor_config(work_dir),
             raise_on_error=False,
         ) as result:
             assert not result.success
@@ -140,7 +127,7 @@ def test_interrupted_run_fails_every_step_in_flight(
         thread.join(timeout=90)
         for name in ("waits_a", "waits_b"):
             (work_dir / f"{name}-go").write_text("")
-    failures = _events(instance, run_id, DagsterEventType.STEP_FAILURE)
+    failures = run_events(instance, run_id, DagsterEventType.STEP_FAILURE)
     assert sorted(str(f.step_key) for f in failures) == ["waits_a", "waits_b"]
     for failure in failures:
         assert failure.dagster_event is not None
@@ -166,7 +153,7 @@ def test_tag_concurrency_limits_keep_tagged_steps_apart(
     with execute_job(
         reconstructable(jobs.tagged_job),
         instance=instance,
-        run_config=_config(work_dir, tag_concurrency_limits=limits),
+        run_config=executor_config(work_dir, tag_concurrency_limits=limits),
     ) as result:
         assert result.success
     intervals = sorted(
@@ -186,7 +173,7 @@ def test_priority_tags_order_steps_when_one_runs_at_a_time(
     with execute_job(
         reconstructable(jobs.priority_job),
         instance=instance,
-        run_config=_config(work_dir, max_concurrent=1),
+        run_config=executor_config(work_dir, max_concurrent=1),
     ) as result:
         assert result.success
     starts = {n: float((work_dir / f"interval-{n}").read_text().split()[0]) for n in names}
@@ -205,7 +192,7 @@ def test_pool_limits_of_the_instance_hold_for_steps_on_meadow(
         (work_dir / f"interval-{name}").unlink(missing_ok=True)
     instance.event_log_storage.set_concurrency_slots("meadow_test_pool", 1)
     with execute_job(
-        reconstructable(jobs.pooled_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.pooled_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
     intervals = sorted(
@@ -229,15 +216,15 @@ def test_disabled_retries_fail_a_step_its_retry_policy_would_retry(
         with execute_job(
             reconstructable(jobs.flaky_job),
             instance=instance,
-            run_config=_config(work_dir, retries={"disabled": {}}),
+            run_config=executor_config(work_dir, retries={"disabled": {}}),
             raise_on_error=False,
         ) as result:
             assert not result.success
             run_id = result.run_id
     finally:
         marker.unlink(missing_ok=True)
-    assert not _events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)
-    [failure] = _events(instance, run_id, DagsterEventType.STEP_FAILURE)
+    assert not run_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)
+    [failure] = run_events(instance, run_id, DagsterEventType.STEP_FAILURE)
     assert failure.step_key == "flaky_step"
 
 
@@ -249,7 +236,9 @@ def test_mem_io_manager_is_rejected_before_the_run(
 ) -> None:
     with pytest.raises(DagsterUnmetExecutorRequirementsError, match="persistent IO manager"):
         execute_job(
-            reconstructable(jobs.mem_io_job), instance=instance, run_config=_config(work_dir)
+            reconstructable(jobs.mem_io_job),
+            instance=instance,
+            run_config=executor_config(work_dir),
         )
     assert instance.get_runs() == []  # no run was created, so nothing was launched
 
@@ -260,13 +249,13 @@ def test_ephemeral_instance_fails_with_dagsters_requirements_error(work_dir: Pat
         execute_job(
             reconstructable(jobs.pipeline_job),
             instance=ephemeral,
-            run_config=_config(work_dir),
+            run_config=executor_config(work_dir),
             raise_on_error=False,
         ) as result,
     ):
         assert not result.success
-        [failure] = _events(ephemeral, result.run_id, DagsterEventType.RUN_FAILURE)
-        assert not _events(ephemeral, result.run_id, DagsterEventType.STEP_START)
+        [failure] = run_events(ephemeral, result.run_id, DagsterEventType.RUN_FAILURE)
+        assert not run_events(ephemeral, result.run_id, DagsterEventType.STEP_START)
     assert failure.dagster_event is not None
     error = getattr(failure.dagster_event.event_specific_data, "error", None)
     assert error is not None
@@ -285,7 +274,7 @@ def test_events_reach_the_run_while_the_step_runs(
 
     def run() -> None:
         with execute_job(
-            reconstructable(jobs.live_job), instance=instance, run_config=_config(work_dir)
+            reconstructable(jobs.live_job), instance=instance, run_config=executor_config(work_dir)
         ) as result:
             outcome["success"] = result.success
 
@@ -297,11 +286,11 @@ def test_events_reach_the_run_while_the_step_runs(
         deadline = time.monotonic() + 30
         seen: list[str] = []
         while time.monotonic() < deadline:
-            seen = [e.user_message for e in _logs(instance, run.run_id)]
+            seen = [e.user_message for e in run_logs(instance, run.run_id)]
             if "halfway through the step" in seen:
                 break
             time.sleep(0.1)
-        kinds = {e.dagster_event_type for e in _logs(instance, run.run_id)}
+        kinds = {e.dagster_event_type for e in run_logs(instance, run.run_id)}
         printed = _wait_for_compute_log(instance, run.run_id, b"printed by the step")
     finally:
         (work_dir / "logs_then_waits-go").write_text("")
@@ -312,9 +301,9 @@ def test_events_reach_the_run_while_the_step_runs(
     assert printed, "the step's output did not reach the compute log while it ran"
     assert outcome["success"] is True
     # Each event is in the run once, not once live and again when the step ended.
-    logs = _logs(instance, run.run_id)
+    logs = run_logs(instance, run.run_id)
     assert [e.user_message for e in logs].count("halfway through the step") == 1
-    assert len(_events(instance, run.run_id, DagsterEventType.STEP_START)) == 1
+    assert len(run_events(instance, run.run_id, DagsterEventType.STEP_START)) == 1
 
 
 def _wait_for_compute_log(
@@ -324,7 +313,7 @@ def _wait_for_compute_log(
     manager = instance.compute_log_manager
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for entry in _events(instance, run_id, DagsterEventType.LOGS_CAPTURED):
+        for entry in run_events(instance, run_id, DagsterEventType.LOGS_CAPTURED):
             assert entry.dagster_event is not None
             file_key = entry.dagster_event.logs_captured_data.file_key
             data = manager.get_log_data(manager.build_log_key_for_run(run_id, file_key))
@@ -339,28 +328,28 @@ def test_a_crashed_attempt_keeps_what_it_logged(instance: DagsterInstance, work_
     with execute_job(
         reconstructable(jobs.logs_then_crashes_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
     ) as result:
         assert result.success
         run_id = result.run_id
-    messages = [e.user_message for e in _logs(instance, run_id)]
+    messages = [e.user_message for e in run_logs(instance, run_id)]
     assert "last words before the crash" in messages
     # The crashed attempt's start is in the run, and the retry's, as with Dagster's
     # own executors (a retry starts with STEP_RESTARTED).
-    assert len(_events(instance, run_id, DagsterEventType.STEP_START)) == 1
-    assert len(_events(instance, run_id, DagsterEventType.STEP_RESTARTED)) == 1
-    assert len(_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)) == 1
+    assert len(run_events(instance, run_id, DagsterEventType.STEP_START)) == 1
+    assert len(run_events(instance, run_id, DagsterEventType.STEP_RESTARTED)) == 1
+    assert len(run_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)) == 1
 
 
 def test_step_output_reaches_dagsters_compute_logs(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.pipeline_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.pipeline_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         run_id = result.run_id
-    captured = _events(instance, run_id, DagsterEventType.LOGS_CAPTURED)
+    captured = run_events(instance, run_id, DagsterEventType.LOGS_CAPTURED)
     texts = []
     for entry in captured:
         assert entry.dagster_event is not None
@@ -375,13 +364,13 @@ def test_a_huge_event_lands_once_and_keeps_the_compute_log_clean(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.huge_line_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.huge_line_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         run_id = result.run_id
-    huge = [e for e in _logs(instance, run_id) if e.user_message.startswith("huge:")]
+    huge = [e for e in run_logs(instance, run_id) if e.user_message.startswith("huge:")]
     assert len(huge) == 1 and len(huge[0].user_message) == len("huge:") + 2 * 1024 * 1024
-    [captured] = _events(instance, run_id, DagsterEventType.LOGS_CAPTURED)
+    [captured] = run_events(instance, run_id, DagsterEventType.LOGS_CAPTURED)
     assert captured.dagster_event is not None
     file_key = captured.dagster_event.logs_captured_data.file_key
     manager = instance.compute_log_manager
@@ -401,7 +390,7 @@ def test_context_instance_knows_the_run(instance: DagsterInstance, work_dir: Pat
     with execute_job(
         reconstructable(jobs.instance_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
         tags={"team": "analytics"},
     ) as result:
         assert result.success

@@ -3,12 +3,12 @@
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dagster_jobs as jobs
 import pytest
 import recording_host
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
+from run_records import executor_config
 
 from meadow_core import register_host
 
@@ -26,11 +26,6 @@ def recording_local() -> Iterator[list[object]]:
         register_host("local", "meadow_core.hosts.local:LocalHost")
 
 
-def _config(work_dir: Path, **executor: Any) -> dict[str, Any]:
-    env = {"MEADOW_DAGSTER_TEST_DIR": str(work_dir)}
-    return {"execution": {"config": {"environment_variables": env, **executor}}}
-
-
 def test_executor_takes_credentials_from_the_resource(
     instance: DagsterInstance,
     work_dir: Path,
@@ -39,7 +34,9 @@ def test_executor_takes_credentials_from_the_resource(
 ) -> None:
     monkeypatch.setenv("MEADOW_DAGSTER_TEST_TOKEN", "s3cret")
     with execute_job(
-        reconstructable(jobs.credentials_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.credentials_job),
+        instance=instance,
+        run_config=executor_config(work_dir),
     ) as result:
         assert result.success  # the steps never needed the variable on their machine
         assert result.output_for_node("total") == 12
@@ -56,7 +53,7 @@ def test_config_credentials_still_reach_the_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MEADOW_DAGSTER_TEST_KEY", "from-env")
-    config = _config(
+    config = executor_config(
         work_dir,
         credentials={"key": {"env": "MEADOW_DAGSTER_TEST_KEY"}},
         credentials_resource="none_here",
@@ -78,7 +75,7 @@ def test_credentials_in_both_places_are_rejected_before_any_step(
     with execute_job(
         reconstructable(jobs.credentials_job),
         instance=instance,
-        run_config=_config(work_dir, credentials={"key": "x"}),
+        run_config=executor_config(work_dir, credentials={"key": "x"}),
         raise_on_error=False,
     ) as result:
         assert not result.success
@@ -99,7 +96,7 @@ def test_a_host_that_takes_no_credentials_rejects_the_resource(
     with execute_job(
         reconstructable(jobs.credentials_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
         raise_on_error=False,
     ) as result:
         assert not result.success

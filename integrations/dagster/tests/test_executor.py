@@ -20,27 +20,14 @@ from dagster import (
     execute_job,
     reconstructable,
 )
-from dagster._core.events.log import EventLogEntry
+from run_records import executor_config, run_events, run_logs
 
 from meadow_core import LocalHost, get_job_sync
 
 
-def _config(work_dir: Path, **executor: Any) -> dict[str, Any]:
-    env = {"MEADOW_DAGSTER_TEST_DIR": str(work_dir)}
-    return {"execution": {"config": {"environment_variables": env, **executor}}}
-
-
-def _logs(instance: DagsterInstance, run_id: str) -> list[EventLogEntry]:
-    return list(instance.all_logs(run_id))
-
-
-def _events(instance: DagsterInstance, run_id: str, kind: DagsterEventType) -> list[EventLogEntry]:
-    return [e for e in _logs(instance, run_id) if e.dagster_event_type == kind]
-
-
 def _meadow_job_ids(instance: DagsterInstance, run_id: str) -> list[str]:
     ids = []
-    for entry in _events(instance, run_id, DagsterEventType.STEP_WORKER_STARTING):
+    for entry in run_events(instance, run_id, DagsterEventType.STEP_WORKER_STARTING):
         assert entry.dagster_event is not None
         metadata = entry.dagster_event.event_specific_data.metadata  # type: ignore[union-attr]
         ids.append(metadata["meadow_job_id"].value)
@@ -51,14 +38,14 @@ def test_outputs_flow_between_steps_and_events_land_in_the_run(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.pipeline_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.pipeline_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         assert result.output_for_node("total") == 12
         run_id = result.run_id
     run = instance.get_run_by_id(run_id)
     assert run is not None and run.status == DagsterRunStatus.SUCCESS
-    kinds = [e.dagster_event_type for e in _logs(instance, run_id)]
+    kinds = [e.dagster_event_type for e in run_logs(instance, run_id)]
     for kind in (
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_OUTPUT,
@@ -67,9 +54,9 @@ def test_outputs_flow_between_steps_and_events_land_in_the_run(
         DagsterEventType.STEP_SUCCESS,
     ):
         assert kind in kinds, kind
-    assert len(_events(instance, run_id, DagsterEventType.STEP_SUCCESS)) == 3
+    assert len(run_events(instance, run_id, DagsterEventType.STEP_SUCCESS)) == 3
     # context.log from the remote op, with the remote pid: the step really ran elsewhere.
-    messages = [e.user_message for e in _logs(instance, run_id) if e.dagster_event is None]
+    messages = [e.user_message for e in run_logs(instance, run_id) if e.dagster_event is None]
     made = [m for m in messages if m.startswith("making numbers in pid")]
     assert made and int(made[0].split()[-1]) != os.getpid()
     assert instance.get_run_stats(run_id).steps_succeeded == 3
@@ -79,7 +66,7 @@ def test_per_op_resources_reach_the_host(
     instance: DagsterInstance, work_dir: Path, host: LocalHost
 ) -> None:
     with execute_job(
-        reconstructable(jobs.resources_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.resources_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         run_id = result.run_id
@@ -96,19 +83,19 @@ def test_remote_exception_fails_the_step_with_the_remote_traceback(
     with execute_job(
         reconstructable(jobs.failing_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
         raise_on_error=False,
     ) as result:
         assert not result.success
         run_id = result.run_id
-    [failure] = _events(instance, run_id, DagsterEventType.STEP_FAILURE)
+    [failure] = run_events(instance, run_id, DagsterEventType.STEP_FAILURE)
     assert failure.dagster_event is not None
     error = failure.dagster_event.step_failure_data.error
     assert error is not None
     text = error.to_string()
     assert "PipelineBroke" in text and "remote op failed on purpose with 42" in text
     assert "_explode" in text  # the remote frames are there
-    messages = [e.user_message for e in _logs(instance, run_id) if e.dagster_event is None]
+    messages = [e.user_message for e in run_logs(instance, run_id) if e.dagster_event is None]
     assert "about to fail" in messages
     run = instance.get_run_by_id(run_id)
     assert run is not None and run.status == DagsterRunStatus.FAILURE
@@ -121,13 +108,13 @@ def test_worker_killed_mid_step_fails_the_step_not_the_run_state(
     with execute_job(
         reconstructable(jobs.killed_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
         raise_on_error=False,
     ) as result:
         assert not result.success
         run_id = result.run_id
     assert time.monotonic() - started < 60
-    [failure] = _events(instance, run_id, DagsterEventType.STEP_FAILURE)
+    [failure] = run_events(instance, run_id, DagsterEventType.STEP_FAILURE)
     assert failure.step_key == "killed_step"
     assert failure.dagster_event is not None
     error = failure.dagster_event.step_failure_data.error
@@ -135,7 +122,7 @@ def test_worker_killed_mid_step_fails_the_step_not_the_run_state(
     run = instance.get_run_by_id(run_id)
     assert run is not None and run.status == DagsterRunStatus.FAILURE
     assert instance.get_run_stats(run_id).steps_succeeded == 0
-    skipped = [e.user_message for e in _logs(instance, run_id) if e.step_key == "after_killed"]
+    skipped = [e.user_message for e in run_logs(instance, run_id) if e.step_key == "after_killed"]
     assert any("Not executing" in m for m in skipped)
 
 
@@ -143,13 +130,13 @@ def test_op_retry_policy_reruns_the_step_on_meadow(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.flaky_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.flaky_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         assert result.output_for_node("flaky_step") == 3
         run_id = result.run_id
-    assert len(_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)) == 2
-    assert len(_events(instance, run_id, DagsterEventType.STEP_RESTARTED)) == 2
+    assert len(run_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)) == 2
+    assert len(run_events(instance, run_id, DagsterEventType.STEP_RESTARTED)) == 2
     assert len(set(_meadow_job_ids(instance, run_id))) == 3  # one Meadow job per attempt
 
 
@@ -157,12 +144,14 @@ def test_retry_policy_also_covers_a_crashed_worker(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.crash_once_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.crash_once_job),
+        instance=instance,
+        run_config=executor_config(work_dir),
     ) as result:
         assert result.success
         assert result.output_for_node("crash_once") == "survived"
         run_id = result.run_id
-    [retry] = _events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)
+    [retry] = run_events(instance, run_id, DagsterEventType.STEP_UP_FOR_RETRY)
     assert retry.dagster_event is not None
     error = retry.dagster_event.step_retry_data.error
     assert error is not None and "WorkerCrashed" in error.to_string()
@@ -177,7 +166,7 @@ def test_run_termination_cancels_the_meadow_job(
         with execute_job(
             reconstructable(jobs.slow_job),
             instance=instance,
-            run_config=_config(work_dir),
+            run_config=executor_config(work_dir),
             raise_on_error=False,
         ) as result:
             outcome["run_id"] = result.run_id
@@ -199,7 +188,7 @@ def test_run_termination_cancels_the_meadow_job(
     final = instance.get_run_by_id(outcome["run_id"])
     assert final is not None and final.status == DagsterRunStatus.CANCELED
     # The step in flight ends failed (interrupted), not "started" forever.
-    [failure] = _events(instance, outcome["run_id"], DagsterEventType.STEP_FAILURE)
+    [failure] = run_events(instance, outcome["run_id"], DagsterEventType.STEP_FAILURE)
     assert failure.step_key == "slow_step"
     [job_id] = _meadow_job_ids(instance, outcome["run_id"])
     assert get_job_sync(job_id, host).state == "cancelled"
@@ -223,7 +212,7 @@ def test_remote_side_cannot_reach_the_instance_storage(
     instance_dir = Path(instance.root_directory)
     assert instance_dir.is_relative_to(instances_dir)
     with execute_job(
-        reconstructable(jobs.isolation_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.isolation_job), instance=instance, run_config=executor_config(work_dir)
     ) as result:
         assert result.success
         seen = result.output_for_node("inspect_environment")
@@ -242,16 +231,16 @@ def test_remote_side_cannot_reach_the_instance_storage(
         if path.is_file():
             assert needle not in path.read_bytes(), path
     # And the remote step's events are in the run's event log all the same.
-    messages = [e.user_message for e in _logs(instance, run_id) if e.dagster_event is None]
+    messages = [e.user_message for e in run_logs(instance, run_id) if e.dagster_event is None]
     assert "remote view of the instance directory: []" in messages
-    assert _events(instance, run_id, DagsterEventType.STEP_SUCCESS)
+    assert run_events(instance, run_id, DagsterEventType.STEP_SUCCESS)
 
 
 # -- bad input: each fails at run start and names the fix --------------------------------
 
 
 def _run_failure_message(instance: DagsterInstance, run_id: str) -> str:
-    [failure] = _events(instance, run_id, DagsterEventType.RUN_FAILURE)
+    [failure] = run_events(instance, run_id, DagsterEventType.RUN_FAILURE)
     assert failure.dagster_event is not None
     data = failure.dagster_event.event_specific_data
     error = getattr(data, "error", None)
@@ -263,25 +252,25 @@ def test_non_reconstructable_job_is_rejected(instance: DagsterInstance, work_dir
     from dagster._core.definitions.job_base import InMemoryJob
     from dagster._core.execution.api import execute_run
 
-    run = instance.create_run_for_job(jobs.pipeline_job, run_config=_config(work_dir))
+    run = instance.create_run_for_job(jobs.pipeline_job, run_config=executor_config(work_dir))
     result = execute_run(InMemoryJob(jobs.pipeline_job), run, instance)
     assert not result.success
     message = _run_failure_message(instance, run.run_id)
     # Dagster's own check of a multi-process executor, before any step.
     assert "DagsterUnmetExecutorRequirementsError" in message and "reconstructable()" in message
-    assert not _events(instance, run.run_id, DagsterEventType.STEP_START)
+    assert not run_events(instance, run.run_id, DagsterEventType.STEP_START)
 
 
 def test_non_shareable_io_manager_is_rejected(instance: DagsterInstance, work_dir: Path) -> None:
     with execute_job(
         reconstructable(jobs.fs_io_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
         raise_on_error=False,
     ) as result:
         assert not result.success
         message = _run_failure_message(instance, result.run_id)
-        assert not _events(instance, result.run_id, DagsterEventType.STEP_START)
+        assert not run_events(instance, result.run_id, DagsterEventType.STEP_START)
     assert '"io_manager": meadow_io_manager' in message and "local_output" in message
     assert "MeadowUnmetRequirementsError" in message  # a DagsterUnmetExecutorRequirementsError
 
@@ -290,7 +279,9 @@ def test_nothing_outputs_need_no_shared_io_manager(
     instance: DagsterInstance, work_dir: Path
 ) -> None:
     with execute_job(
-        reconstructable(jobs.nothing_outputs_job), instance=instance, run_config=_config(work_dir)
+        reconstructable(jobs.nothing_outputs_job),
+        instance=instance,
+        run_config=executor_config(work_dir),
     ) as result:
         assert result.success
 
@@ -301,10 +292,10 @@ def test_impossible_resources_are_rejected_before_any_step(
     with execute_job(
         reconstructable(jobs.impossible_job),
         instance=instance,
-        run_config=_config(work_dir),
+        run_config=executor_config(work_dir),
         raise_on_error=False,
     ) as result:
         assert not result.success
         message = _run_failure_message(instance, result.run_id)
-        assert not _events(instance, result.run_id, DagsterEventType.STEP_START)
+        assert not run_events(instance, result.run_id, DagsterEventType.STEP_START)
     assert "impossible_step" in message and "meadow/resources" in message
