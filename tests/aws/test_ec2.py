@@ -148,6 +148,45 @@ def _instances_busy(job_id: str, count: int) -> bool:
     return len(_serving(job_id)) == count and _in_flight(job_id) == count
 
 
+#: One worker per instance: no type holds two tasks this size.
+ONE_PER_INSTANCE = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
+
+
+def _gated_map(
+    cloud: DevCloud,
+    deployment: mc.Deployment,
+    gate_dir: Path,
+    name: str,
+    tasks: int,
+    instances: int,
+    while_busy: Callable[[str], None] = lambda job_id: None,
+) -> list[tuple[int, str]]:
+    """Map ``tasks`` squares over ``instances`` instances, one task each at a time. The
+    tasks wait for a gate file until every instance holds one, then ``while_busy(job_id)``
+    runs and the gate opens: "all instances busy" is a state the test waits for, not a
+    window it must catch however slowly an instance boots."""
+    job_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    gate = gate_dir / f"{job_id}.released"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            mc.run_map_sync,
+            ec2_tasks.square_when_released,
+            [(x, str(gate)) for x in range(tasks)],
+            host=_host(),
+            resources_per_task=ONE_PER_INSTANCE,
+            deployment=deployment,
+            num_concurrent_tasks=instances,
+            job_id=job_id,
+        )
+        try:
+            busy = f"{instances} tasks to start"
+            _wait(lambda: _instances_busy(job_id, instances), 150, busy, cloud)
+            while_busy(job_id)
+        finally:
+            gate.touch()
+        return running.result(timeout=300)
+
+
 def test_run_function_launches_an_instance_then_reuses_it_warm(
     cloud: DevCloud, deployment: mc.Deployment
 ) -> None:
@@ -263,28 +302,9 @@ def test_the_meadow_command_follows_ec2_jobs(cloud: DevCloud, deployment: mc.Dep
 def test_map_over_three_instances_delivers_every_result_once(
     cloud: DevCloud, deployment: mc.Deployment, vm_visible_dir: Path
 ) -> None:
-    """96 CPUs / 370 GB per task: every type that fits holds one worker, so the map needs
-    three instances. Its tasks wait for a gate until all three hold one, so the first
-    instance up cannot run the whole map while the others boot."""
-    big = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
-    job_id = f"three-instances-{uuid.uuid4().hex[:8]}"
-    gate = vm_visible_dir / f"{job_id}.released"
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            mc.run_map_sync,
-            ec2_tasks.square_when_released,
-            [(x, str(gate)) for x in range(9)],
-            host=_host(),
-            resources_per_task=big,
-            deployment=deployment,
-            num_concurrent_tasks=3,
-            job_id=job_id,
-        )
-        try:
-            _wait(lambda: _instances_busy(job_id, 3), 150, "three tasks to start", cloud)
-        finally:
-            gate.touch()
-        results = running.result(timeout=300)
+    """A task fills an instance, so a map of nine with three at a time needs three
+    instances; the gate keeps the first one up from running the whole map alone."""
+    results = _gated_map(cloud, deployment, vm_visible_dir, "three-instances", 9, 3)
     assert [value for value, _ in results] == [x * x for x in range(9)]
     assert len({instance for _, instance in results}) == 3
 
@@ -333,30 +353,18 @@ def test_instance_killed_mid_task_costs_a_retry_not_a_result(
     cloud: DevCloud, deployment: mc.Deployment, vm_visible_dir: Path
 ) -> None:
     """One of a map's two instances dies holding a task: the task runs again on the
-    other, and the caller gets every result once. The tasks wait for a gate file, so the
-    kill lands while both instances hold a task, however slowly the second one boots."""
-    big = mc.Resources(logical_cpu=96, memory_gb=370, max_eviction_rate=0)
-    job_id = f"killed-mid-task-{uuid.uuid4().hex[:8]}"
-    gate = vm_visible_dir / f"{job_id}.released"
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            mc.run_map_sync,
-            ec2_tasks.square_when_released,
-            [(x, str(gate)) for x in range(4)],
-            host=_host(),
-            resources_per_task=big,
-            deployment=deployment,
-            num_concurrent_tasks=2,
-            job_id=job_id,
-        )
-        try:
-            _wait(lambda: _instances_busy(job_id, 2), 150, "both tasks to start", cloud)
-            victim = _serving(job_id)[0]
-            cloud.kill(victim)  # it dies without a word to anyone
-            _ec2().terminate_instances(InstanceIds=[victim])
-        finally:
-            gate.touch()
-        results = running.result(timeout=300)
+    other, and the caller gets every result once. The kill lands while both instances
+    hold a task (see ``_gated_map``)."""
+    killed: list[str] = []
+
+    def kill_one(job_id: str) -> None:
+        victim = _serving(job_id)[0]
+        cloud.kill(victim)  # it dies without a word to anyone
+        _ec2().terminate_instances(InstanceIds=[victim])
+        killed.append(victim)
+
+    results = _gated_map(cloud, deployment, vm_visible_dir, "killed-mid-task", 4, 2, kill_one)
+    victim = killed[0]
     assert sorted(value for value, _ in results) == [x * x for x in range(4)]
     # The victim died before the gate opened, so the task it held ran again elsewhere.
     assert victim not in {instance for _, instance in results}
